@@ -1,0 +1,153 @@
+//! What one accepted message is: the [`Envelope`] the session hands to the
+//! stores, its [`MessageId`], and the `Received:` header we prepend.
+
+mod id;
+pub mod time;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+pub use id::MessageId;
+
+use crate::smtp::BodyType;
+
+/// One accepted message with everything the stores record about it.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    /// Unique, time-sortable id; also in our Received header and the 250 reply.
+    pub id: MessageId,
+    /// When the DATA or first BDAT command was accepted.
+    pub received_at: SystemTime,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The EHLO/HELO argument as sent.
+    pub helo: String,
+    /// The client said EHLO (not HELO).
+    pub esmtp: bool,
+    /// The session ran over TLS.
+    pub tls: bool,
+    /// The reverse-path without brackets; empty for `<>`.
+    pub mail_from: String,
+    /// The accepted forward-paths without brackets, in order.
+    pub recipients: Vec<String>,
+    /// `BODY=` from MAIL.
+    pub body: BodyType,
+    /// `SMTPUTF8` was given at MAIL.
+    pub smtputf8: bool,
+    /// The message as stored: our Received header, then the content exactly
+    /// as received (dot-stuffing undone), CRLF line ends.
+    pub raw: Bytes,
+    /// Length of our Received header at the start of `raw`.
+    pub header_len: usize,
+}
+
+impl Envelope {
+    /// The message content as the client sent it, without our header.
+    pub fn content(&self) -> &[u8] {
+        &self.raw[self.header_len..]
+    }
+}
+
+/// The facts a Received header states.
+pub struct Trace<'a> {
+    pub helo: &'a str,
+    pub client: IpAddr,
+    pub by: &'a str,
+    pub protocol: &'a str,
+    pub id: &'a MessageId,
+    /// Named only when the message has one recipient, as Postfix does: more
+    /// would leak the other recipients to each of them.
+    pub single_recipient: Option<&'a str>,
+    pub at: SystemTime,
+}
+
+impl Trace<'_> {
+    /// The `Received:` header of RFC 5321 §4.4, folded, CRLF-terminated:
+    ///
+    /// ```text
+    /// Received: from client.example ([192.0.2.1])
+    ///         by mx.example.com (gsmtpd) with ESMTP id 01J...
+    ///         for <user@example.com>; Thu, 3 Dec 2026 17:15:33 +0000
+    /// ```
+    pub fn header(&self) -> Vec<u8> {
+        let literal = match self.client {
+            IpAddr::V4(a) => format!("[{a}]"),
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(v4) => format!("[{v4}]"),
+                None => format!("[IPv6:{a}]"),
+            },
+        };
+        let date = time::Utc::from_system(self.at).rfc5322();
+        let mut h = format!(
+            "Received: from {} ({})\r\n\tby {} (gsmtpd) with {} id {}",
+            self.helo, literal, self.by, self.protocol, self.id
+        );
+        match self.single_recipient {
+            Some(r) => h.push_str(&format!("\r\n\tfor <{r}>; {date}\r\n")),
+            None => h.push_str(&format!(";\r\n\t{date}\r\n")),
+        }
+        h.into_bytes()
+    }
+}
+
+/// The `with` protocol name (RFC 3848, RFC 6531 §3.7.3).
+pub fn protocol_name(esmtp: bool, tls: bool, smtputf8: bool) -> &'static str {
+    match (smtputf8, esmtp, tls) {
+        (true, _, true) => "UTF8SMTPS",
+        (true, _, false) => "UTF8SMTP",
+        (false, true, true) => "ESMTPS",
+        (false, true, false) => "ESMTP",
+        (false, false, true) => "SMTPS",
+        (false, false, false) => "SMTP",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn received_header_format() {
+        let id = MessageId::generate(UNIX_EPOCH);
+        let at = UNIX_EPOCH + Duration::from_secs(1_796_318_133);
+        let t = Trace {
+            helo: "client.example",
+            client: "192.0.2.1".parse().unwrap(),
+            by: "mx.example.com",
+            protocol: "ESMTP",
+            id: &id,
+            single_recipient: Some("user@example.com"),
+            at,
+        };
+        assert_eq!(
+            String::from_utf8(t.header()).unwrap(),
+            format!(
+                "Received: from client.example ([192.0.2.1])\r\n\tby mx.example.com (gsmtpd) with ESMTP id {id}\r\n\tfor <user@example.com>; Thu, 3 Dec 2026 17:15:33 +0000\r\n"
+            )
+        );
+        let t = Trace {
+            client: "2001:db8::1".parse().unwrap(),
+            single_recipient: None,
+            protocol: "SMTP",
+            ..t
+        };
+        assert_eq!(
+            String::from_utf8(t.header()).unwrap(),
+            format!(
+                "Received: from client.example ([IPv6:2001:db8::1])\r\n\tby mx.example.com (gsmtpd) with SMTP id {id};\r\n\tThu, 3 Dec 2026 17:15:33 +0000\r\n"
+            )
+        );
+    }
+
+    #[test]
+    fn protocol_names() {
+        assert_eq!(protocol_name(false, false, false), "SMTP");
+        assert_eq!(protocol_name(true, false, false), "ESMTP");
+        assert_eq!(protocol_name(true, true, false), "ESMTPS");
+        assert_eq!(protocol_name(true, false, true), "UTF8SMTP");
+        assert_eq!(protocol_name(true, true, true), "UTF8SMTPS");
+    }
+}

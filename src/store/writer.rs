@@ -1,0 +1,213 @@
+//! Group commit: one task per store takes every message queued while its
+//! previous commit ran and commits them together, then acknowledges each
+//! waiting connection.
+//!
+//! There is no timer: at low load a message is committed alone and at once,
+//! at high load batches grow by themselves. The queue is bounded, so a slow
+//! store slows the connections that feed it; nothing is ever dropped.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::{Store, StoreError};
+use crate::message::Envelope;
+
+struct Job {
+    envelope: Arc<Envelope>,
+    ack: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// A connection's handle to one store writer; cheap to clone.
+#[derive(Clone)]
+pub struct Delivery {
+    tx: mpsc::Sender<Job>,
+    store: &'static str,
+}
+
+impl Delivery {
+    /// Queues `envelope` and waits until it is committed or failed.
+    pub async fn deliver(&self, envelope: Arc<Envelope>) -> Result<(), StoreError> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send(Job { envelope, ack })
+            .await
+            .map_err(|_| StoreError::transient(self.store, "writer has stopped"))?;
+        done.await.unwrap_or_else(|_| {
+            Err(StoreError::transient(
+                self.store,
+                "writer stopped before commit",
+            ))
+        })
+    }
+}
+
+/// The writer task; awaiting it waits for the queue to drain after every
+/// [`Delivery`] has been dropped.
+pub struct WriterHandle {
+    task: JoinHandle<()>,
+}
+
+impl WriterHandle {
+    /// Waits until every queued message is committed or failed.
+    pub async fn drained(self) {
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "store writer panicked");
+        }
+    }
+}
+
+/// Starts the writer for `store`.
+pub fn spawn<S: Store>(store: S, queue_size: usize, max_batch: usize) -> (Delivery, WriterHandle) {
+    let (tx, rx) = mpsc::channel(queue_size);
+    let name = store.name();
+    let task = tokio::spawn(run(store, rx, max_batch));
+    (Delivery { tx, store: name }, WriterHandle { task })
+}
+
+async fn run<S: Store>(mut store: S, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
+    let mut jobs = Vec::with_capacity(max_batch);
+    let mut batch = Vec::with_capacity(max_batch);
+    while rx.recv_many(&mut jobs, max_batch).await > 0 {
+        batch.extend(jobs.iter().map(|j| Arc::clone(&j.envelope)));
+        let started = std::time::Instant::now();
+        let result = store.commit(&batch).await;
+        match &result {
+            Ok(()) => tracing::debug!(
+                store = store.name(),
+                batch = batch.len(),
+                micros = started.elapsed().as_micros() as u64,
+                "commit"
+            ),
+            Err(e) => tracing::warn!(
+                store = store.name(),
+                batch = batch.len(),
+                kind = ?e.kind,
+                error = %e.message,
+                "commit failed"
+            ),
+        }
+        batch.clear();
+        for job in jobs.drain(..) {
+            // A connection that went away no longer waits; its message is
+            // stored all the same.
+            let _ = job.ack.send(result.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::time::{Duration, SystemTime};
+
+    use crate::message::MessageId;
+
+    /// A store that records batch sizes and fails on demand. It tests the
+    /// writer's batching and acknowledgement logic only; the real stores
+    /// are tested against real databases in tests/.
+    struct Recorder {
+        batches: Arc<Mutex<Vec<usize>>>,
+        fail: bool,
+        delay: Duration,
+    }
+
+    impl Store for Recorder {
+        fn name(&self) -> &'static str {
+            "recorder"
+        }
+        async fn commit(&mut self, batch: &[Arc<Envelope>]) -> Result<(), StoreError> {
+            tokio::time::sleep(self.delay).await;
+            self.batches.lock().unwrap().push(batch.len());
+            if self.fail {
+                Err(StoreError::transient("recorder", "disk on fire"))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    fn envelope() -> Arc<Envelope> {
+        Arc::new(Envelope {
+            id: MessageId::generate(SystemTime::now()),
+            received_at: SystemTime::now(),
+            client: "127.0.0.1:1".parse().unwrap(),
+            helo: "h".into(),
+            esmtp: true,
+            tls: false,
+            mail_from: String::new(),
+            recipients: vec!["r@x".into()],
+            body: Default::default(),
+            smtputf8: false,
+            raw: bytes::Bytes::from_static(b"x"),
+            header_len: 0,
+        })
+    }
+
+    #[tokio::test]
+    async fn batches_what_queued_during_a_commit() {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let store = Recorder {
+            batches: batches.clone(),
+            fail: false,
+            delay: Duration::from_millis(50),
+        };
+        let (delivery, handle) = spawn(store, 1024, 512);
+        let mut tasks = Vec::new();
+        for _ in 0..100 {
+            let d = delivery.clone();
+            tasks.push(tokio::spawn(async move { d.deliver(envelope()).await }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        drop(delivery);
+        handle.drained().await;
+        let b = batches.lock().unwrap().clone();
+        assert_eq!(b.iter().sum::<usize>(), 100);
+        // 100 concurrent messages and a 50 ms commit: a few batches, not 100.
+        assert!(b.len() < 10, "batches: {b:?}");
+    }
+
+    #[tokio::test]
+    async fn batch_size_is_capped() {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let store = Recorder {
+            batches: batches.clone(),
+            fail: false,
+            delay: Duration::from_millis(20),
+        };
+        let (delivery, handle) = spawn(store, 1024, 7);
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let d = delivery.clone();
+                tokio::spawn(async move { d.deliver(envelope()).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        drop(delivery);
+        handle.drained().await;
+        let b = batches.lock().unwrap().clone();
+        assert!(b.iter().all(|&n| n <= 7), "{b:?}");
+        assert_eq!(b.iter().sum::<usize>(), 50);
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_fails_every_message_in_it() {
+        let store = Recorder {
+            batches: Arc::default(),
+            fail: true,
+            delay: Duration::ZERO,
+        };
+        let (delivery, handle) = spawn(store, 16, 16);
+        let err = delivery.deliver(envelope()).await.unwrap_err();
+        assert_eq!(err.kind, super::super::ErrorKind::Transient);
+        assert!(err.to_string().contains("disk on fire"));
+        drop(delivery);
+        handle.drained().await;
+    }
+}
