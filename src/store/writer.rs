@@ -196,6 +196,31 @@ mod tests {
         assert_eq!(b.iter().sum::<usize>(), 50);
     }
 
+    /// A store whose commit waits for the test to let it finish.
+    struct Gate(Arc<tokio::sync::Notify>);
+
+    impl Store for Gate {
+        fn name(&self) -> &'static str {
+            "gate"
+        }
+        async fn commit(&mut self, _: &[Arc<Envelope>]) -> Result<(), StoreError> {
+            self.0.notified().await;
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn no_acknowledgement_before_the_commit_returns() {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let (delivery, handle) = spawn(Gate(gate.clone()), 16, 16);
+        let mut pending = tokio::spawn(async move { delivery.deliver(envelope()).await });
+        let early = tokio::time::timeout(Duration::from_millis(200), &mut pending).await;
+        assert!(early.is_err(), "acknowledged while the commit was still running");
+        gate.notify_one();
+        pending.await.unwrap().unwrap();
+        handle.drained().await;
+    }
+
     #[tokio::test]
     async fn a_failed_commit_fails_every_message_in_it() {
         let store = Recorder {
