@@ -215,7 +215,10 @@ mod tests {
         let (delivery, handle) = spawn(Gate(gate.clone()), 16, 16);
         let mut pending = tokio::spawn(async move { delivery.deliver(envelope()).await });
         let early = tokio::time::timeout(Duration::from_millis(200), &mut pending).await;
-        assert!(early.is_err(), "acknowledged while the commit was still running");
+        assert!(
+            early.is_err(),
+            "acknowledged while the commit was still running"
+        );
         gate.notify_one();
         pending.await.unwrap().unwrap();
         handle.drained().await;

@@ -211,7 +211,10 @@ impl Client {
             if self.r.read_line(&mut line).await.ok()? == 0 {
                 return None;
             }
-            assert!(line.ends_with("\r\n"), "reply line ends with CRLF: {line:?}");
+            assert!(
+                line.ends_with("\r\n"),
+                "reply line ends with CRLF: {line:?}"
+            );
             let code: u16 = line[..3].parse().expect("reply code");
             text.push_str(&line[4..line.len() - 2]);
             if line.as_bytes()[3] == b' ' {

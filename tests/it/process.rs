@@ -48,10 +48,10 @@ impl Proc {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(addr) = line.split("listening addr=").nth(1) {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr.trim().parse::<SocketAddr>().unwrap());
-                    }
+                if let Some(addr) = line.split("listening addr=").nth(1)
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(addr.trim().parse::<SocketAddr>().unwrap());
                 }
             }
         });
@@ -102,14 +102,25 @@ fn bad_config_exits_nonzero_with_one_line() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8(out.stderr).unwrap().contains("/nonexistent/gsmtpd.toml"));
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("/nonexistent/gsmtpd.toml")
+    );
 }
 
 #[test]
 fn check_flag_validates_the_sample() {
     let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/gsmtpd.toml.sample");
-    let out = Command::new(BIN).args(["-c", sample, "--check"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .args(["-c", sample, "--check"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -140,7 +151,14 @@ async fn port_and_log_flags_then_sigterm_exits_zero() {
         .unwrap()
         .port();
     let mut child = Command::new(BIN)
-        .args(["-c", cfg.to_str().unwrap(), "-p", &port.to_string(), "-l", log.to_str().unwrap()])
+        .args([
+            "-c",
+            cfg.to_str().unwrap(),
+            "-p",
+            &port.to_string(),
+            "-l",
+            log.to_str().unwrap(),
+        ])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -161,12 +179,21 @@ async fn port_and_log_flags_then_sigterm_exits_zero() {
     c.expect("QUIT", 221).await;
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "{status}");
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains(&format!("listening addr=127.0.0.1:{port}")), "{text}");
+    assert!(
+        text.contains(&format!("listening addr=127.0.0.1:{port}")),
+        "{text}"
+    );
     assert!(text.contains(&format!("queued id={id}")), "{text}");
-    assert!(text.contains("disconnect ehlo=1 mail=1 rcpt=1 data=1 quit=1 commands=5"), "{text}");
+    assert!(
+        text.contains("disconnect ehlo=1 mail=1 rcpt=1 data=1 quit=1 commands=5"),
+        "{text}"
+    );
     assert!(text.contains("stopped"), "{text}");
 }
 
@@ -203,10 +230,8 @@ async fn load_client(addr: SocketAddr, stop: Arc<AtomicBool>, n: usize) -> Vec<S
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        let msg = format!(
-            "MAIL FROM:<load@sender.test>\r\nRCPT TO:<r@example.com>\r\nDATA\r\n"
-        );
-        if w.write_all(msg.as_bytes()).await.is_err() {
+        let msg = b"MAIL FROM:<load@sender.test>\r\nRCPT TO:<r@example.com>\r\nDATA\r\n";
+        if w.write_all(msg).await.is_err() {
             return acked;
         }
         for _ in 0..3 {
@@ -251,32 +276,48 @@ async fn kill_9_under_load_loses_no_acknowledged_message() {
     for c in clients {
         acked.extend(c.await.unwrap());
     }
-    assert!(acked.len() >= 50, "the load ran: only {} messages acknowledged", acked.len());
+    assert!(
+        acked.len() >= 50,
+        "the load ran: only {} messages acknowledged",
+        acked.len()
+    );
 
     // Restart on the same database: it opens, recovers the WAL and serves.
     let mut server = Proc::start(&["-c", cfg]);
     let mut c = crate::harness::Client::connect(server.addr).await;
-    c.send_message("a@sender.test", &["r@example.com"], b"Subject: after\r\n\r\n")
-        .await
-        .queued_id();
+    c.send_message(
+        "a@sender.test",
+        &["r@example.com"],
+        b"Subject: after\r\n\r\n",
+    )
+    .await
+    .queued_id();
     c.expect("QUIT", 221).await;
     server.signal(libc::SIGTERM);
-    let status = tokio::task::spawn_blocking(move || server.wait()).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap();
     assert!(status.success(), "{status}");
 
     let conn = gsmtpd::store::sqlite::open_read_only(&db).unwrap();
-    let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(check, "ok");
     let mut missing = 0;
     for id in &acked {
         let n: i64 = conn
-            .query_row("SELECT count(*) FROM messages WHERE id = ?1", [id], |r| r.get(0))
+            .query_row("SELECT count(*) FROM messages WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
             .unwrap();
         if n != 1 {
             missing += 1;
         }
     }
-    let total: i64 = conn.query_row("SELECT count(*) FROM messages", [], |r| r.get(0)).unwrap();
+    let total: i64 = conn
+        .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
+        .unwrap();
     println!(
         "kill -9: {} acknowledged, {} stored before the restart, {} missing",
         acked.len(),
