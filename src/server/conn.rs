@@ -150,6 +150,7 @@ async fn store(delivery: &Delivery, envelope: Arc<Envelope>) -> DeliveryOutcome 
         Ok(()) => {
             tracing::info!(
                 id = %envelope.id,
+                client = %envelope.client,
                 from = %format_args!("<{}>", envelope.mail_from),
                 nrcpt = envelope.recipients.len(),
                 size = envelope.raw.len(),
@@ -160,6 +161,7 @@ async fn store(delivery: &Delivery, envelope: Arc<Envelope>) -> DeliveryOutcome 
         Err(e) => {
             tracing::warn!(
                 id = %envelope.id,
+                client = %envelope.client,
                 from = %format_args!("<{}>", envelope.mail_from),
                 nrcpt = envelope.recipients.len(),
                 size = envelope.raw.len(),
@@ -201,5 +203,159 @@ async fn write_output<S: Io>(
         }
         Ok(Err(e)) => Err(CloseReason::Io(e)),
         Err(_) => Err(CloseReason::Timeout),
+    }
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    //! The connection loop over an in-memory stream, with the real SQLite
+    //! store in a temporary directory.
+    use super::*;
+    use crate::config::{Config, SqliteConfig};
+    use crate::smtp::Peer;
+    use crate::store::sqlite::SqliteStore;
+    use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream, ReadHalf, WriteHalf};
+
+    struct Rig {
+        client_r: BufReader<ReadHalf<DuplexStream>>,
+        client_w: WriteHalf<DuplexStream>,
+        task: tokio::task::JoinHandle<(CloseReason, u32)>,
+        stop: Stop,
+        db: std::path::PathBuf,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn rig() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        let store = SqliteStore::open(&SqliteConfig {
+            path: db.clone(),
+            ..SqliteConfig::default()
+        })
+        .unwrap();
+        let (delivery, _writer) = crate::store::writer::spawn(store, 16, 16);
+        let limits = Config::default().conn_limits();
+        let (client, mut server) = tokio::io::duplex(64 * 1024);
+        let stop = Stop::default();
+        let stop2 = stop.clone();
+        let task = tokio::spawn(async move {
+            let peer = Peer {
+                client: "192.0.2.1:5000".parse().unwrap(),
+                tls: false,
+            };
+            let mut session = Session::new(Arc::clone(&limits.session), peer);
+            let reason = drive(&mut server, &mut session, &limits, &delivery, &stop2).await;
+            (reason, session.accepted())
+        });
+        let (r, w) = tokio::io::split(client);
+        Rig {
+            client_r: BufReader::new(r),
+            client_w: w,
+            task,
+            stop,
+            db,
+            _dir: dir,
+        }
+    }
+
+    impl Rig {
+        /// Reads reply lines until one without a continuation dash.
+        async fn reply(&mut self) -> String {
+            let mut all = String::new();
+            loop {
+                let mut line = String::new();
+                assert!(self.client_r.read_line(&mut line).await.unwrap() > 0, "EOF");
+                all.push_str(&line);
+                if line.as_bytes()[3] == b' ' {
+                    return all;
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn pipelined_session_over_a_stream() {
+        let mut t = rig().await;
+        assert_eq!(
+            t.reply().await,
+            "220 localhost ESMTP gsmtpd\r\n".replace("localhost", &Config::default().hostname)
+        );
+        t.client_w
+            .write_all(
+                b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<r@example.com>\r\nDATA\r\n",
+            )
+            .await
+            .unwrap();
+        assert!(t.reply().await.starts_with("250-"));
+        assert_eq!(t.reply().await, "250 2.1.0 Ok\r\n");
+        assert_eq!(t.reply().await, "250 2.1.5 Ok\r\n");
+        assert!(t.reply().await.starts_with("354 "));
+        t.client_w
+            .write_all(b"Subject: s\r\n\r\nhi\r\n.\r\nQUIT\r\n")
+            .await
+            .unwrap();
+        let queued = t.reply().await;
+        assert!(queued.starts_with("250 2.0.0 Ok: queued as "), "{queued}");
+        assert_eq!(t.reply().await, "221 2.0.0 Bye\r\n");
+        let (reason, accepted) = t.task.await.unwrap();
+        assert!(matches!(reason, CloseReason::Session), "{reason:?}");
+        assert_eq!(accepted, 1);
+        let id = queued.trim_end().rsplit(' ').next().unwrap();
+        let db = crate::store::sqlite::open_read_only(&t.db).unwrap();
+        let raw: Vec<u8> = db
+            .query_row("SELECT raw FROM messages WHERE id = ?1", [id], |r| r.get(0))
+            .unwrap();
+        assert!(raw.ends_with(b"\r\nSubject: s\r\n\r\nhi\r\n"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_client_times_out_with_421() {
+        let mut t = rig().await;
+        t.reply().await;
+        // The clock is paused: tokio jumps it forward once everything idles.
+        let r = t.reply().await;
+        assert!(r.starts_with("421 4.4.2 "), "{r}");
+        let (reason, _) = t.task.await.unwrap();
+        assert!(matches!(reason, CloseReason::Timeout), "{reason:?}");
+    }
+
+    #[tokio::test]
+    async fn client_eof_ends_the_session() {
+        let mut t = rig().await;
+        t.reply().await;
+        t.client_w.shutdown().await.unwrap();
+        drop(t.client_w);
+        let (reason, _) = t.task.await.unwrap();
+        assert!(matches!(reason, CloseReason::Eof), "{reason:?}");
+    }
+
+    #[tokio::test]
+    async fn graceful_stop_spares_an_open_transaction_until_the_hard_stop() {
+        let mut t = rig().await;
+        t.reply().await;
+        t.client_w
+            .write_all(b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\n")
+            .await
+            .unwrap();
+        t.reply().await;
+        t.reply().await;
+        t.stop.graceful.cancel();
+        // Still served: the transaction is open.
+        t.client_w.write_all(b"NOOP\r\n").await.unwrap();
+        assert_eq!(t.reply().await, "250 2.0.0 Ok\r\n");
+        t.stop.now.cancel();
+        assert!(t.reply().await.starts_with("421 4.3.2 "));
+        let (reason, _) = t.task.await.unwrap();
+        assert!(matches!(reason, CloseReason::Shutdown), "{reason:?}");
+    }
+
+    #[tokio::test]
+    async fn graceful_stop_closes_an_idle_session() {
+        let mut t = rig().await;
+        t.reply().await;
+        t.stop.graceful.cancel();
+        assert!(t.reply().await.starts_with("421 4.3.2 "));
+        let (reason, _) = t.task.await.unwrap();
+        assert!(matches!(reason, CloseReason::Shutdown), "{reason:?}");
     }
 }

@@ -127,7 +127,14 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         match Arc::clone(&shared.permits).try_acquire_owned() {
             Ok(permit) => {
                 let shared2 = Arc::clone(&shared);
-                let span = tracing::info_span!("smtp", client = %client);
+                // A span costs ~400 bytes per connection in the subscriber's
+                // registry; it is only worth it for the debug dialogue. The
+                // info lines carry the client address themselves.
+                let span = if tracing::enabled!(tracing::Level::DEBUG) {
+                    tracing::debug_span!("smtp", client = %client)
+                } else {
+                    tracing::Span::none()
+                };
                 shared
                     .tracker
                     .spawn(connection(stream, client, shared2, permit).instrument(span));
@@ -153,7 +160,7 @@ async fn connection(
     _permit: OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
-    tracing::info!("connect");
+    tracing::info!(client = %client, "connect");
     let mut session = Session::new(
         Arc::clone(&shared.limits.session),
         Peer { client, tls: false },
@@ -168,6 +175,7 @@ async fn connection(
     .await;
     match &reason {
         CloseReason::Io(e) => tracing::info!(
+            client = %client,
             reason = reason.as_str(),
             error = %e,
             messages = session.accepted(),
@@ -175,6 +183,7 @@ async fn connection(
             session.counts()
         ),
         _ => tracing::info!(
+            client = %client,
             reason = reason.as_str(),
             messages = session.accepted(),
             "disconnect {}",

@@ -237,7 +237,8 @@ pub struct Session {
     phase: Phase,
     /// The EHLO/HELO argument, and whether it was EHLO.
     helo: Option<(String, bool)>,
-    tx: Option<Transaction>,
+    /// Boxed: an idle session should not carry a transaction's space.
+    tx: Option<Box<Transaction>>,
     out: Vec<u8>,
     errors: u32,
     counts: Counts,
@@ -538,14 +539,14 @@ impl Session {
         if from.non_ascii && !params.smtputf8 {
             return Err(reply::NEED_SMTPUTF8);
         }
-        self.tx = Some(Transaction {
+        self.tx = Some(Box::new(Transaction {
             from: from.mailbox.map(|m| m.to_string()).unwrap_or_default(),
             params,
             recipients: Vec::new(),
             message: None,
             chunking: false,
             failed: None,
-        });
+        }));
         self.reply(&reply::MAIL_OK);
         Ok(())
     }

@@ -81,3 +81,51 @@ async fn group_commit_batches_concurrent_messages() {
     }
     server.shutdown().await;
 }
+
+/// `chattr +i` makes a file unwritable even for root (ext4, xfs, btrfs).
+fn set_immutable(path: &std::path::Path, on: bool) -> Result<(), String> {
+    let flag = if on { "+i" } else { "-i" };
+    let out = std::process::Command::new("chattr")
+        .arg(flag)
+        .arg(path)
+        .output()
+        .map_err(|e| format!("chattr: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unwritable_database_answers_451_and_stores_nothing() {
+    let server = Server::start().await;
+    let wal = server.db.with_extension("db-wal");
+    if let Err(why) = set_immutable(&wal, true) {
+        println!(
+            "SKIPPED unwritable_database_answers_451_and_stores_nothing: cannot make the WAL immutable ({why})"
+        );
+        server.shutdown().await;
+        return;
+    }
+    let mut c = server.client().await;
+    let r = c
+        .send_message(
+            "a@sender.test",
+            &["r@example.com"],
+            b"Subject: lost?\r\n\r\n",
+        )
+        .await;
+    set_immutable(&wal, false).unwrap();
+    assert_eq!((r.code, &r.text[..5]), (451, "4.3.0"), "{r:?}");
+    assert_eq!(server.count(), 0, "a 451 leaves no row");
+    // Writable again: the next message is stored without a restart.
+    c.expect("MAIL FROM:<a@sender.test>", 250).await;
+    c.expect("RCPT TO:<r@example.com>", 250).await;
+    c.expect("DATA", 354).await;
+    c.send("Subject: retry\r\n\r\n.\r\n").await;
+    let id = c.reply().await.queued_id();
+    assert_eq!(server.count(), 1);
+    assert!(server.raw(&id).ends_with(b"Subject: retry\r\n\r\n"));
+    server.shutdown().await;
+}
