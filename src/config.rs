@@ -77,9 +77,49 @@ pub struct Config {
     /// Where to listen.
     #[serde(default = "default_listeners")]
     pub listener: Vec<ListenerConfig>,
-    /// Where accepted messages go.
+    /// The original's `GM_PRIMARY_MAIL_HOST`: accepted recipients are
+    /// rewritten to `user@primary_mail_host` in `new_mail.to` and the hash.
     #[serde(default)]
-    pub store: StoreConfig,
+    pub primary_mail_host: Option<String>,
+    /// The ordered steps a message passes before the stores.
+    #[serde(default = "default_pipeline")]
+    pub pipeline: Vec<Step>,
+    /// Where accepted messages go: `[[store]]` entries, or one `[store]`.
+    #[serde(default = "default_stores", deserialize_with = "one_or_many_stores")]
+    pub store: Vec<StoreConfig>,
+    /// Check recipients against a SQL store at RCPT.
+    #[serde(default)]
+    pub recipient_check: Option<RecipientCheckConfig>,
+}
+
+/// A pipeline step (the successor's `save_process`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Step {
+    /// Keep our `Received:` header at the top of the stored message.
+    Received,
+    /// Extract subject, from, body, charset... (mail-parser).
+    Parse,
+    /// Compute the reference's MD5 `hash` per recipient (needs `parse`).
+    Hash,
+}
+
+/// Checks recipients with a SQL query against one of the configured stores.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RecipientCheckConfig {
+    /// The `kind` of the store whose database is queried: `sqlite`, `mysql`
+    /// or `postgres` (the first store of that kind).
+    pub store: String,
+    /// A query that returns a row for a known recipient; its one parameter
+    /// (`?` in SQLite and MySQL, `$1` in PostgreSQL) is the lower-cased address.
+    pub query: String,
+    /// How long a lookup may take before the recipient gets `451 4.3.0`.
+    #[serde(default = "default_check_timeout_ms")]
+    pub timeout_ms: u64,
+    /// How long an answer is remembered; 0 disables the cache.
+    #[serde(default = "default_check_cache_ttl_secs")]
+    pub cache_ttl_secs: u64,
 }
 
 /// One listening socket.
@@ -90,18 +130,131 @@ pub struct ListenerConfig {
     pub addr: SocketAddr,
 }
 
-/// The store a message is committed to before its `250`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum StoreConfig {
-    /// Embedded SQLite (the default).
-    Sqlite(SqliteConfig),
+/// One store a message is committed to before its `250`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    /// Best effort: failures are logged and counted, never answered `451`.
+    pub optional: bool,
+    /// Messages waiting for this store's writer before connections wait.
+    pub queue_size: usize,
+    /// Most messages in one commit.
+    pub max_batch: usize,
+    /// The backend and its own settings.
+    pub backend: Backend,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig::Sqlite(SqliteConfig::default())
+        Self {
+            optional: false,
+            queue_size: default_queue_size(),
+            max_batch: default_max_batch(),
+            backend: Backend::Sqlite(SqliteConfig::default()),
+        }
     }
+}
+
+/// The backend of a store, chosen by `kind`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Backend {
+    /// Embedded SQLite (the default).
+    Sqlite(SqliteConfig),
+    /// MySQL/MariaDB, the original `new_mail` table.
+    Mysql(MysqlConfig),
+    /// PostgreSQL.
+    Postgres(PostgresConfig),
+    /// Redis.
+    Redis(RedisConfig),
+    /// Memcached.
+    Memcached(MemcachedConfig),
+}
+
+impl Backend {
+    /// The `kind` as written in the configuration.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Mysql(_) => "mysql",
+            Backend::Postgres(_) => "postgres",
+            Backend::Redis(_) => "redis",
+            Backend::Memcached(_) => "memcached",
+        }
+    }
+
+    /// The cargo feature that compiles this backend in.
+    fn compiled_in(&self) -> bool {
+        match self {
+            Backend::Sqlite(_) => cfg!(feature = "sqlite"),
+            Backend::Mysql(_) => cfg!(feature = "mysql"),
+            Backend::Postgres(_) => cfg!(feature = "postgres"),
+            Backend::Redis(_) => cfg!(feature = "redis"),
+            Backend::Memcached(_) => cfg!(feature = "memcached"),
+        }
+    }
+
+    /// Pipeline steps the backend's records need.
+    fn needs(&self) -> &'static [Step] {
+        match self {
+            Backend::Mysql(_) => &[Step::Parse, Step::Hash],
+            Backend::Memcached(_) => &[Step::Parse, Step::Hash],
+            _ => &[],
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StoreConfig {
+    /// The keys every store has are taken out first; the rest must fit the
+    /// backend named by `kind` exactly (`deny_unknown_fields`).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(d)?;
+        let mut common = StoreConfig::default();
+        if let Some(v) = table.remove("optional") {
+            common.optional = v
+                .as_bool()
+                .ok_or_else(|| D::Error::custom("optional must be true or false"))?;
+        }
+        for (key, slot) in [
+            ("queue_size", &mut common.queue_size),
+            ("max_batch", &mut common.max_batch),
+        ] {
+            if let Some(v) = table.remove(key) {
+                *slot = v
+                    .as_integer()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| D::Error::custom(format!("{key} must be a positive integer")))?;
+            }
+        }
+        common.backend = Backend::deserialize(toml::Value::Table(table))
+            .map_err(|e| D::Error::custom(e.message().trim().to_owned()))?;
+        Ok(common)
+    }
+}
+
+fn one_or_many_stores<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<StoreConfig>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        Many(Vec<toml::Table>),
+        One(toml::Table),
+    }
+    use serde::de::Error;
+    let tables = match OneOrMany::deserialize(d)? {
+        OneOrMany::Many(v) => v,
+        OneOrMany::One(t) => vec![t],
+    };
+    tables
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            StoreConfig::deserialize(toml::Value::Table(t))
+                .map_err(|e| D::Error::custom(format!("store #{}: {}", i + 1, e.message().trim())))
+        })
+        .collect()
 }
 
 /// `synchronous` pragma: how hard SQLite works to make a commit durable.
@@ -128,12 +281,82 @@ pub struct SqliteConfig {
     /// How long a commit waits for a lock held by another process.
     #[serde(default = "default_busy_timeout_ms")]
     pub busy_timeout_ms: u64,
-    /// Messages waiting for the writer before connections wait too.
-    #[serde(default = "default_queue_size")]
-    pub queue_size: usize,
-    /// Most messages in one transaction.
-    #[serde(default = "default_max_batch")]
-    pub max_batch: usize,
+}
+
+/// The MySQL/MariaDB store (the original `new_mail` table).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlConfig {
+    /// `mysql://user:password@host:port/database`
+    pub url: String,
+    /// The table the original daemon wrote.
+    #[serde(default = "default_mysql_table")]
+    pub table: String,
+    /// Create `new_mail` and `gm2_setting` (original DDL) if missing.
+    #[serde(default = "default_true")]
+    pub create_tables: bool,
+    /// Connect and statement timeout; past it the message gets `451`.
+    #[serde(default = "default_db_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+/// The PostgreSQL store.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// `postgres://user@host:port/database`
+    pub url: String,
+    /// Create the tables if missing.
+    #[serde(default = "default_true")]
+    pub create_tables: bool,
+    /// Connect and statement timeout; past it the message gets `451`.
+    #[serde(default = "default_db_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+/// Compression of message values in Redis.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Store the raw bytes.
+    #[default]
+    None,
+    /// zlib (RFC 1950), as go-guerrilla's compressor wrote.
+    Zlib,
+}
+
+/// The Redis store.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`
+    pub url: String,
+    /// Prepended to every key.
+    #[serde(default = "default_redis_prefix")]
+    pub prefix: String,
+    /// Expiry of every key written.
+    #[serde(default = "default_ttl_secs")]
+    pub ttl_secs: u64,
+    /// Compression of the stored message.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Connect and command timeout; past it the message gets `451`.
+    #[serde(default = "default_db_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+/// The Memcached store.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MemcachedConfig {
+    /// `tcp://host:port`
+    pub url: String,
+    /// Expiry of every key written.
+    #[serde(default = "default_ttl_secs")]
+    pub ttl_secs: u64,
+    /// Connect and command timeout; past it the message gets `451`.
+    #[serde(default = "default_db_timeout_secs")]
+    pub timeout_secs: u64,
 }
 
 impl Default for SqliteConfig {
@@ -142,8 +365,6 @@ impl Default for SqliteConfig {
             path: default_sqlite_path(),
             synchronous: Synchronous::Full,
             busy_timeout_ms: default_busy_timeout_ms(),
-            queue_size: default_queue_size(),
-            max_batch: default_max_batch(),
         }
     }
 }
@@ -204,6 +425,33 @@ fn default_queue_size() -> usize {
 }
 fn default_max_batch() -> usize {
     512
+}
+fn default_pipeline() -> Vec<Step> {
+    vec![Step::Received, Step::Parse, Step::Hash]
+}
+fn default_stores() -> Vec<StoreConfig> {
+    vec![StoreConfig::default()]
+}
+fn default_check_timeout_ms() -> u64 {
+    2_000
+}
+fn default_check_cache_ttl_secs() -> u64 {
+    60
+}
+fn default_mysql_table() -> String {
+    "new_mail".to_owned()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_db_timeout_secs() -> u64 {
+    5
+}
+fn default_redis_prefix() -> String {
+    "gsmtpd:".to_owned()
+}
+fn default_ttl_secs() -> u64 {
+    86_400
 }
 
 impl Default for Config {
@@ -277,11 +525,57 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             return bad(format!("log_level {:?}: {e}", self.log_level));
         }
-        match &self.store {
-            StoreConfig::Sqlite(s) => {
-                if s.queue_size == 0 || s.max_batch == 0 {
-                    return bad("store queue_size and max_batch must be greater than 0".into());
+        self.validate_pipeline_and_stores()
+    }
+
+    fn validate_pipeline_and_stores(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        for (i, step) in self.pipeline.iter().enumerate() {
+            if self.pipeline[..i].contains(step) {
+                return bad(format!("pipeline: {step:?} appears twice"));
+            }
+        }
+        let has = |s: Step| self.pipeline.contains(&s);
+        if has(Step::Hash)
+            && self.pipeline.iter().position(|&s| s == Step::Hash)
+                < self.pipeline.iter().position(|&s| s == Step::Parse)
+        {
+            return bad("pipeline: \"hash\" needs \"parse\" before it".into());
+        }
+        if self.store.is_empty() {
+            return bad("at least one store is needed".into());
+        }
+        if self.store.iter().all(|s| s.optional) {
+            return bad("every store is optional: a 250 would promise nothing".into());
+        }
+        for s in &self.store {
+            let kind = s.backend.kind();
+            if !s.backend.compiled_in() {
+                return bad(format!(
+                    "store kind {kind:?} is not compiled in; build with --features {kind}"
+                ));
+            }
+            for need in s.backend.needs() {
+                if !has(*need) {
+                    return bad(format!("store {kind:?} needs the pipeline step {need:?}"));
                 }
+            }
+        }
+        if let Some(check) = &self.recipient_check {
+            if !["sqlite", "mysql", "postgres"].contains(&check.store.as_str()) {
+                return bad(format!(
+                    "recipient_check.store {:?}: must be sqlite, mysql or postgres",
+                    check.store
+                ));
+            }
+            if !self.store.iter().any(|s| s.backend.kind() == check.store) {
+                return bad(format!(
+                    "recipient_check.store {:?}: no [[store]] of that kind",
+                    check.store
+                ));
+            }
+            if check.timeout_ms == 0 {
+                return bad("recipient_check.timeout_ms must be greater than 0".into());
             }
         }
         Ok(())
@@ -297,6 +591,7 @@ impl Config {
             max_line_length: self.max_line_length,
             forbid_bare_newline: self.forbid_bare_newline,
             allowed_hosts: HostMatcher::new(&self.allowed_hosts).expect("validated"),
+            check_recipients: self.recipient_check.is_some(),
         }
     }
 
@@ -337,13 +632,104 @@ mod tests {
         assert_eq!(c.data_timeout_secs, 300);
         assert_eq!(c.max_line_length, 512);
         assert_eq!(c.listener[0].addr, "127.0.0.1:2525".parse().unwrap());
+        assert_eq!(c.store.len(), 1);
         assert_eq!(
-            c.store,
-            StoreConfig::Sqlite(SqliteConfig {
+            c.store[0].backend,
+            Backend::Sqlite(SqliteConfig {
                 path: "data/gsmtpd.db".into(),
                 ..SqliteConfig::default()
             })
         );
+        assert!(!c.store[0].optional);
+        assert_eq!(c.pipeline, [Step::Received, Step::Parse, Step::Hash]);
+        assert_eq!(c.primary_mail_host, None);
+        assert_eq!(c.recipient_check, None);
+    }
+
+    #[test]
+    fn store_list_and_single_store_table() {
+        let many = Config::from_toml(
+            r#"
+            primary_mail_host = "example.com"
+            [[store]]
+            kind = "sqlite"
+            path = "a.db"
+            queue_size = 10
+            [[store]]
+            kind = "sqlite"
+            path = "b.db"
+            optional = true
+            max_batch = 3
+            "#,
+        )
+        .unwrap();
+        assert_eq!(many.store.len(), 2);
+        assert_eq!(many.store[0].queue_size, 10);
+        assert!(many.store[1].optional);
+        assert_eq!(many.store[1].max_batch, 3);
+        assert_eq!(many.primary_mail_host.as_deref(), Some("example.com"));
+        let one = Config::from_toml("[store]\nkind = \"sqlite\"\npath = \"a.db\"").unwrap();
+        assert_eq!(one.store.len(), 1);
+        assert_eq!(one.store[0].backend, many.store[0].backend);
+    }
+
+    #[test]
+    fn issue_three_example_parses_when_backends_are_built() {
+        let text = r#"
+            primary_mail_host = "example.com"
+            [[store]]
+            kind = "sqlite"
+            path = "data/gsmtpd.db"
+            [[store]]
+            kind = "mysql"
+            url = "mysql://root@127.0.0.1:3306/test"
+            table = "new_mail"
+            [[store]]
+            kind = "redis"
+            url = "redis://127.0.0.1:6379/"
+            ttl_secs = 86400
+            optional = true
+        "#;
+        let result = Config::from_toml(text);
+        if cfg!(all(feature = "mysql", feature = "redis")) {
+            let c = result.unwrap();
+            assert_eq!(c.store[1].backend.kind(), "mysql");
+            assert!(c.store[2].optional);
+        } else {
+            // Without the features, the error says which to enable.
+            let e = result.unwrap_err().to_string();
+            assert!(e.contains("--features"), "{e}");
+        }
+    }
+
+    #[test]
+    fn pipeline_and_store_rules() {
+        for (toml, words) in [
+            ("pipeline = [\"hash\", \"parse\"]", "needs \"parse\""),
+            ("pipeline = [\"parse\", \"parse\"]", "twice"),
+            ("pipeline = [\"compress\"]", "compress"),
+            ("[[store]]\nkind = \"sqlite\"\noptional = true", "optional"),
+            ("store = []", "at least one store"),
+            ("[[store]]\nkind = \"sqlite\"\nqueue_size = 0", "queue_size"),
+            ("[[store]]\nkind = \"sqlite\"\nbogus = 1", "bogus"),
+            (
+                "[recipient_check]\nstore = \"mysql\"\nquery = \"SELECT 1\"",
+                "no [[store]]",
+            ),
+            (
+                "[recipient_check]\nstore = \"redis\"\nquery = \"SELECT 1\"",
+                "must be sqlite",
+            ),
+        ] {
+            let err = Config::from_toml(toml).unwrap_err().to_string();
+            assert!(err.contains(words), "{toml}: {err}");
+        }
+        let c = Config::from_toml(
+            "pipeline = [\"received\"]\n[recipient_check]\nstore = \"sqlite\"\nquery = \"SELECT 1 FROM users WHERE address = ?\"",
+        )
+        .unwrap();
+        assert_eq!(c.recipient_check.as_ref().unwrap().timeout_ms, 2000);
+        assert!(c.session_config().check_recipients);
     }
 
     #[test]
@@ -378,6 +764,7 @@ mod tests {
             ("max_recipient = 5", "max_recipient"),
             ("[[listener]]\naddr = \"127.0.0.1:25\"\nport = 25", "port"),
             ("[store]\nkind = \"sqlite\"\nurl = \"x\"", "url"),
+            ("[[store]]\nkind = \"sqlite\"\nurl = \"x\"", "url"),
         ] {
             let err = Config::from_toml(toml).unwrap_err().to_string();
             assert!(err.contains(key), "{toml}: {err}");
@@ -402,6 +789,7 @@ mod tests {
             "listener = []",
             "log_level = \"gsmtpd=loudest\"",
             "[store]\nkind = \"sqlite\"\nmax_batch = 0",
+            "[store]\nkind = \"mysql\"",
             "max_message_size = -1",
         ] {
             assert!(Config::from_toml(toml).is_err(), "{toml}");
@@ -421,5 +809,6 @@ mod tests {
         assert_eq!(c.data_timeout_secs, d.data_timeout_secs);
         assert_eq!(c.max_line_length, d.max_line_length);
         assert_eq!(c.store, d.store);
+        assert_eq!(c.pipeline, d.pipeline);
     }
 }

@@ -21,13 +21,15 @@
 //! # }
 //! ```
 
+pub mod check;
 pub mod config;
 pub mod message;
+pub mod pipeline;
 pub mod server;
 pub mod smtp;
 pub mod store;
 
 pub use config::Config;
 pub use message::{Envelope, MessageId};
-pub use server::{run, serve};
+pub use server::{Backends, run, serve};
 pub use store::{Store, StoreError};

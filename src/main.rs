@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use gsmtpd::config::{Config, StoreConfig};
+use gsmtpd::config::Config;
 
 /// A receive-only SMTP server that stores every message durably.
 #[derive(Debug, Parser)]
@@ -126,13 +126,8 @@ async fn serve(config: Config) -> Result<()> {
         listeners.push(listener);
     }
     let shutdown = shutdown_signal()?;
-    match &config.store {
-        StoreConfig::Sqlite(s) => {
-            let store = gsmtpd::store::sqlite::SqliteStore::open(s)?;
-            tracing::info!(path = %s.path.display(), "store sqlite");
-            gsmtpd::serve(listeners, config.clone(), store, shutdown).await?;
-        }
-    }
+    let backends = gsmtpd::Backends::open(&config).await?;
+    gsmtpd::serve(listeners, config, backends, shutdown).await?;
     Ok(())
 }
 

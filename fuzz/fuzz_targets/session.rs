@@ -5,15 +5,18 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use gsmtpd::smtp::{DeliveryOutcome, Event, HostMatcher, Peer, Session, SessionConfig};
+use gsmtpd::smtp::{
+    DeliveryOutcome, Event, HostMatcher, Peer, RecipientVerdict, Session, SessionConfig,
+};
 use libfuzzer_sys::fuzz_target;
 
-fn run(input: &[u8], cut_every: usize) -> (Vec<u8>, usize) {
+fn run(input: &[u8], cut_every: usize, check: bool) -> (Vec<u8>, usize) {
     let cfg = SessionConfig {
         hostname: "mx.fuzz".into(),
         max_message_size: 4096,
         max_errors: 1000,
         allowed_hosts: HostMatcher::new(&["example.com"]).unwrap(),
+        check_recipients: check,
         ..SessionConfig::default()
     };
     let peer = Peer { client: "192.0.2.1:1".parse().unwrap(), tls: false };
@@ -35,6 +38,11 @@ fn run(input: &[u8], cut_every: usize) -> (Vec<u8>, usize) {
                     assert!(e.raw.len() >= e.header_len);
                     s.delivered(DeliveryOutcome::Stored);
                 }
+                Event::CheckRecipient(a) => s.recipient_checked(if a.len() % 2 == 0 {
+                    RecipientVerdict::Known
+                } else {
+                    RecipientVerdict::Unknown
+                }),
             }
         }
         out.extend_from_slice(s.output());
@@ -53,7 +61,8 @@ fn run(input: &[u8], cut_every: usize) -> (Vec<u8>, usize) {
 
 fuzz_target!(|data: &[u8]| {
     let Some((&cut, input)) = data.split_first() else { return };
-    let whole = run(input, input.len());
-    let split = run(input, usize::from(cut % 16) + 1);
+    let check = cut & 0x80 != 0;
+    let whole = run(input, input.len(), check);
+    let split = run(input, usize::from(cut % 16) + 1, check);
     assert_eq!(whole, split);
 });

@@ -2,6 +2,7 @@
 //! stores, its [`MessageId`], and the `Received:` header we prepend.
 
 mod id;
+pub mod parse;
 pub mod time;
 
 use std::net::{IpAddr, SocketAddr};
@@ -10,6 +11,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 
 pub use id::MessageId;
+pub use parse::Parsed;
 
 use crate::smtp::BodyType;
 
@@ -39,8 +41,13 @@ pub struct Envelope {
     /// The message as stored: our Received header, then the content exactly
     /// as received (dot-stuffing undone), CRLF line ends.
     pub raw: Bytes,
-    /// Length of our Received header at the start of `raw`.
+    /// Length of our Received header at the start of `raw` (0 when the
+    /// pipeline does not keep it).
     pub header_len: usize,
+    /// Filled by the pipeline's `parse` step.
+    pub parsed: Option<Parsed>,
+    /// The reference's `hash`, one per recipient in order; filled by `hash`.
+    pub hashes: Vec<String>,
 }
 
 impl Envelope {

@@ -14,10 +14,12 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::check::RecipientCheck;
 use crate::config::ConnLimits;
 use crate::message::Envelope;
+use crate::pipeline::{self, Pipeline};
 use crate::smtp::{DeliveryOutcome, Event, Session};
-use crate::store::Delivery;
+use crate::store::FanOut;
 
 /// Read size while waiting for commands; pipelined groups are small.
 const COMMAND_READ: usize = 4 * 1024;
@@ -79,12 +81,22 @@ pub struct Stop {
     pub now: CancellationToken,
 }
 
+/// What a session's messages and recipients are handed to.
+pub struct Services {
+    /// The steps between end of data and the stores.
+    pub pipeline: Arc<Pipeline>,
+    /// The stores.
+    pub stores: FanOut,
+    /// The recipient check, when configured.
+    pub check: Option<Arc<RecipientCheck>>,
+}
+
 /// Runs one SMTP session over `io` until it ends.
 pub async fn drive<S: Io>(
     io: &mut S,
     session: &mut Session,
     limits: &ConnLimits,
-    delivery: &Delivery,
+    services: &Services,
     stop: &Stop,
 ) -> CloseReason {
     session.greeting();
@@ -132,9 +144,16 @@ pub async fn drive<S: Io>(
                 }
             }
             Event::Deliver(envelope) => {
-                let envelope = Arc::new(*envelope);
-                let outcome = store(delivery, envelope).await;
+                let envelope = prepare(&services.pipeline, envelope).await;
+                let outcome = store(&services.stores, Arc::new(envelope)).await;
                 session.delivered(outcome);
+            }
+            Event::CheckRecipient(address) => {
+                let verdict = match &services.check {
+                    Some(check) => check.verify(&address).await,
+                    None => crate::smtp::RecipientVerdict::Known,
+                };
+                session.recipient_checked(verdict);
             }
             Event::Close => {
                 let _ = write_output(io, session, limits.command_timeout).await;
@@ -144,9 +163,25 @@ pub async fn drive<S: Io>(
     }
 }
 
+/// Runs the pipeline; a large message on the blocking pool.
+async fn prepare(pipeline: &Arc<Pipeline>, mut envelope: Box<Envelope>) -> Envelope {
+    if envelope.raw.len() < pipeline::BLOCKING_THRESHOLD {
+        pipeline.run(&mut envelope);
+        return *envelope;
+    }
+    let p = Arc::clone(pipeline);
+    let id = envelope.id;
+    tokio::task::spawn_blocking(move || {
+        p.run(&mut envelope);
+        *envelope
+    })
+    .await
+    .unwrap_or_else(|e| unreachable!("the pipeline guards its parser against panics: {e} ({id})"))
+}
+
 /// Commits a message and logs the result, one line per message.
-async fn store(delivery: &Delivery, envelope: Arc<Envelope>) -> DeliveryOutcome {
-    match delivery.deliver(Arc::clone(&envelope)).await {
+async fn store(stores: &FanOut, envelope: Arc<Envelope>) -> DeliveryOutcome {
+    match stores.deliver(Arc::clone(&envelope)).await {
         Ok(()) => {
             tracing::info!(
                 id = %envelope.id,
@@ -233,8 +268,16 @@ mod tests {
             ..SqliteConfig::default()
         })
         .unwrap();
-        let (delivery, _writer) = crate::store::writer::spawn(store, 16, 16);
-        let limits = Config::default().conn_limits();
+        let mut stores = crate::store::Stores::new();
+        stores.add(store, &crate::config::StoreConfig::default());
+        let (stores, _writers) = stores.split();
+        let config = Config::default();
+        let services = Services {
+            pipeline: Arc::new(crate::pipeline::Pipeline::from_config(&config)),
+            stores,
+            check: None,
+        };
+        let limits = config.conn_limits();
         let (client, mut server) = tokio::io::duplex(64 * 1024);
         let stop = Stop::default();
         let stop2 = stop.clone();
@@ -244,7 +287,7 @@ mod tests {
                 tls: false,
             };
             let mut session = Session::new(Arc::clone(&limits.session), peer);
-            let reason = drive(&mut server, &mut session, &limits, &delivery, &stop2).await;
+            let reason = drive(&mut server, &mut session, &limits, &services, &stop2).await;
             (reason, session.accepted())
         });
         let (r, w) = tokio::io::split(client);

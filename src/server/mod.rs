@@ -20,48 +20,75 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::check::RecipientCheck;
 use crate::config::{Config, ConnLimits, StoreConfig};
+use crate::pipeline::Pipeline;
 use crate::smtp::{Peer, Session, reply};
-use crate::store::{self, Delivery, Store};
+use crate::store::{Store, StoreError, Stores};
 
-pub use conn::{CloseReason, Io, Stop};
+pub use conn::{CloseReason, Io, Services, Stop};
 
 /// What every connection task shares.
 struct Shared {
     limits: ConnLimits,
-    delivery: Delivery,
+    services: Services,
     permits: Arc<Semaphore>,
     stop: Stop,
     tracker: TaskTracker,
 }
 
-/// Serves SMTP on `listener`, storing into `store`, until `shutdown`
-/// completes; then stops accepting, lets transactions in flight finish
-/// within `shutdown_timeout_secs`, answers the rest `421 4.3.2`, and
-/// returns once every acknowledged message is committed.
+/// Everything outside the process a server talks to, opened from the
+/// configuration: the stores and the recipient check.
+pub struct Backends {
+    /// The stores, each with its writer.
+    pub stores: Stores,
+    /// The recipient check, if configured.
+    pub check: Option<RecipientCheck>,
+}
+
+impl Backends {
+    /// Opens the stores and the recipient check the configuration lists.
+    pub async fn open(config: &Config) -> Result<Self, StoreError> {
+        let stores = Stores::open(config).await?;
+        let check = RecipientCheck::open(config).await?;
+        Ok(Self { stores, check })
+    }
+}
+
+/// Serves SMTP on `listener`, storing into `store` (and nothing else),
+/// until `shutdown` completes; then stops accepting, lets transactions in
+/// flight finish within `shutdown_timeout_secs`, answers the rest
+/// `421 4.3.2`, and returns once every acknowledged message is committed.
 pub async fn run<S: Store>(
     listener: TcpListener,
     config: Config,
     store: S,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    serve(vec![listener], config, store, shutdown).await
+    let mut stores = Stores::new();
+    stores.add(store, &StoreConfig::default());
+    let backends = Backends {
+        stores,
+        check: None,
+    };
+    serve(vec![listener], config, backends, shutdown).await
 }
 
-/// [`run`] over several listeners.
-pub async fn serve<S: Store>(
+/// Serves SMTP on several listeners with the stores and check in `backends`.
+pub async fn serve(
     listeners: Vec<TcpListener>,
     config: Config,
-    store: S,
+    backends: Backends,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let (queue_size, max_batch) = match &config.store {
-        StoreConfig::Sqlite(s) => (s.queue_size, s.max_batch),
-    };
-    let (delivery, writer) = store::writer::spawn(store, queue_size, max_batch);
+    let (stores, writers) = backends.stores.split();
     let shared = Arc::new(Shared {
         limits: config.conn_limits(),
-        delivery,
+        services: Services {
+            pipeline: Arc::new(Pipeline::from_config(&config)),
+            stores,
+            check: backends.check.map(Arc::new),
+        },
         permits: Arc::new(Semaphore::new(config.max_clients)),
         stop: Stop::default(),
         tracker: TaskTracker::new(),
@@ -95,10 +122,12 @@ pub async fn serve<S: Store>(
         shared.stop.now.cancel();
         shared.tracker.wait().await;
     }
-    // Every connection is gone; dropping the last Delivery lets the writer
+    // Every connection is gone; dropping the last Delivery lets each writer
     // finish its queue and stop.
     drop(shared);
-    writer.drained().await;
+    for w in writers {
+        w.drained().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -169,7 +198,7 @@ async fn connection(
         &mut stream,
         &mut session,
         &shared.limits,
-        &shared.delivery,
+        &shared.services,
         &shared.stop,
     )
     .await;

@@ -10,7 +10,9 @@ pub mod session;
 
 pub use command::{BodyType, Command, Verb};
 pub use reply::Reply;
-pub use session::{DeliveryOutcome, Event, HostMatcher, Peer, Session, SessionConfig};
+pub use session::{
+    DeliveryOutcome, Event, HostMatcher, Peer, RecipientVerdict, Session, SessionConfig,
+};
 
 #[cfg(test)]
 mod session_tests;

@@ -148,6 +148,19 @@ pub fn relay_denied(address: &str) -> Reply {
     Reply::owned(550, format!("5.7.1 <{address}>: Relay access denied"))
 }
 
+/// The recipient check found no such mailbox.
+pub fn user_unknown(address: &str) -> Reply {
+    Reply::owned(
+        550,
+        format!("5.1.1 <{address}>: Recipient address rejected: User unknown"),
+    )
+}
+
+/// The recipient check could not answer in time.
+pub fn lookup_failed(address: &str) -> Reply {
+    Reply::owned(451, format!("4.3.0 <{address}>: Temporary lookup failure"))
+}
+
 /// An ESMTP parameter we do not implement (RFC 5321 §4.1.1.11, RFC 1869).
 pub fn unsupported_param(keyword: &str) -> Reply {
     Reply::owned(555, format!("5.5.4 Error: unsupported parameter {keyword}"))

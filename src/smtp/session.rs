@@ -43,6 +43,8 @@ pub struct SessionConfig {
     pub forbid_bare_newline: bool,
     /// Domains we accept mail for.
     pub allowed_hosts: HostMatcher,
+    /// Ask the caller to look each recipient up (`Event::CheckRecipient`).
+    pub check_recipients: bool,
 }
 
 impl Default for SessionConfig {
@@ -55,6 +57,7 @@ impl Default for SessionConfig {
             max_line_length: 512,
             forbid_bare_newline: true,
             allowed_hosts: HostMatcher::any(),
+            check_recipients: false,
         }
     }
 }
@@ -128,6 +131,9 @@ pub enum Event {
     /// A message is complete. Store it, then call [`Session::delivered`]
     /// before calling `advance` again.
     Deliver(Box<Envelope>),
+    /// Look this recipient up, then call [`Session::recipient_checked`]
+    /// before calling `advance` again.
+    CheckRecipient(String),
     /// Write the output, then close the connection.
     Close,
 }
@@ -139,6 +145,17 @@ pub enum DeliveryOutcome {
     Stored,
     /// A store failed: answer `451 4.3.0`, the client will retry.
     Failed,
+}
+
+/// The answer of a recipient lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecipientVerdict {
+    /// The mailbox exists: `250 2.1.5`.
+    Known,
+    /// No such mailbox: `550 5.1.1`.
+    Unknown,
+    /// The lookup failed or timed out: `451 4.3.0`, the client retries.
+    LookupFailed,
 }
 
 /// Where the session is in the input.
@@ -160,6 +177,8 @@ enum Phase {
     },
     /// A message was handed out; waiting for `delivered`.
     Delivering(MessageId),
+    /// A recipient was handed out for lookup; waiting for `recipient_checked`.
+    Checking(String),
     /// The session is over.
     Closed,
 }
@@ -331,8 +350,8 @@ impl Session {
         loop {
             match &mut self.phase {
                 Phase::Closed => return Event::Close,
-                Phase::Delivering(_) => {
-                    debug_assert!(false, "advance() called before delivered()");
+                Phase::Delivering(_) | Phase::Checking(_) => {
+                    debug_assert!(false, "advance() before delivered() or recipient_checked()");
                     return Event::NeedInput;
                 }
                 Phase::Command => {
@@ -414,6 +433,29 @@ impl Session {
         }
     }
 
+    /// Reports the lookup of the recipient handed out by `CheckRecipient`.
+    pub fn recipient_checked(&mut self, verdict: RecipientVerdict) {
+        let Phase::Checking(address) = std::mem::replace(&mut self.phase, Phase::Command) else {
+            debug_assert!(false, "recipient_checked() without a lookup");
+            return;
+        };
+        match verdict {
+            RecipientVerdict::Known => {
+                self.counts.record(Verb::Rcpt, true);
+                self.add_recipient(address);
+            }
+            RecipientVerdict::Unknown => {
+                self.counts.record(Verb::Rcpt, false);
+                self.error(reply::user_unknown(&address));
+            }
+            RecipientVerdict::LookupFailed => {
+                // Our failure, not the client's: not counted as its error.
+                self.counts.record(Verb::Rcpt, false);
+                self.reply(&reply::lookup_failed(&address));
+            }
+        }
+    }
+
     /// Takes one command line from `input` and runs it; `None` means "go on".
     fn command(&mut self, input: &mut BytesMut) -> Option<Event> {
         let limit = self.cfg.max_line_length;
@@ -448,7 +490,11 @@ impl Session {
                 self.error(r);
             }
         }
-        self.is_closed().then_some(Event::Close)
+        match &self.phase {
+            Phase::Closed => Some(Event::Close),
+            Phase::Checking(address) => Some(Event::CheckRecipient(address.clone())),
+            _ => None,
+        }
     }
 
     /// Runs a parsed command and queues its reply.
@@ -468,7 +514,11 @@ impl Session {
                 Ok(())
             }
             Command::Mail { from, params } => self.mail(from, params),
-            Command::Rcpt { to } => self.rcpt(to),
+            // A recipient to look up is counted once its verdict is in.
+            Command::Rcpt { to } => match self.rcpt(to) {
+                Ok(()) if matches!(self.phase, Phase::Checking(_)) => return,
+                r => r,
+            },
             Command::Data => self.data(),
             // BDAT counts and answers once its chunk has been read.
             Command::Bdat { size, last } => return self.bdat(size, last),
@@ -572,15 +622,25 @@ impl Session {
             return Ok(());
         }
         let address = mailbox.to_string();
-        if !tx
-            .recipients
-            .iter()
-            .any(|r| r.eq_ignore_ascii_case(&address))
+        if self.cfg.check_recipients && !mailbox.is_bare_postmaster() {
+            self.phase = Phase::Checking(address);
+            return Ok(());
+        }
+        self.add_recipient(address);
+        Ok(())
+    }
+
+    /// Accepts a recipient; a repeated one is acknowledged and kept once.
+    fn add_recipient(&mut self, address: String) {
+        if let Some(tx) = self.tx.as_mut()
+            && !tx
+                .recipients
+                .iter()
+                .any(|r| r.eq_ignore_ascii_case(&address))
         {
             tx.recipients.push(address);
         }
         self.reply(&reply::RCPT_OK);
-        Ok(())
     }
 
     /// Checks that a message may start now; the shared part of DATA and BDAT.
@@ -749,6 +809,8 @@ impl Session {
             smtputf8: tx.params.smtputf8,
             raw: started.buf.into_bytes().into(),
             header_len,
+            parsed: None,
+            hashes: Vec::new(),
         }))
     }
 

@@ -15,6 +15,20 @@ struct T {
     stored: Vec<Envelope>,
     outcome: DeliveryOutcome,
     closed: bool,
+    /// Answers recipient lookups when the config asks for them.
+    lookup: fn(&str) -> RecipientVerdict,
+    lookups: Vec<String>,
+}
+
+/// A directory: `known@…` exists, `down@…` makes the lookup fail.
+fn directory(address: &str) -> RecipientVerdict {
+    if address.starts_with("down@") {
+        RecipientVerdict::LookupFailed
+    } else if address.starts_with("known@") {
+        RecipientVerdict::Known
+    } else {
+        RecipientVerdict::Unknown
+    }
 }
 
 /// The replies one `send` produced.
@@ -83,6 +97,8 @@ impl T {
             stored: Vec::new(),
             outcome: DeliveryOutcome::Stored,
             closed: false,
+            lookup: directory,
+            lookups: Vec::new(),
         }
     }
 
@@ -107,6 +123,11 @@ impl T {
                 Event::Deliver(e) => {
                     self.stored.push(*e);
                     self.s.delivered(self.outcome);
+                }
+                Event::CheckRecipient(a) => {
+                    let verdict = (self.lookup)(&a);
+                    self.lookups.push(a);
+                    self.s.recipient_checked(verdict);
                 }
             }
         }
@@ -542,6 +563,64 @@ fn refused_bdat_chunks_are_skipped_not_run() {
 }
 
 #[test]
+fn recipient_check_verdicts() {
+    let mut t = T::with(SessionConfig {
+        check_recipients: true,
+        ..cfg()
+    });
+    t.cmd("EHLO c.test").expect(250);
+    t.cmd("MAIL FROM:<>").expect(250);
+    t.cmd("RCPT TO:<known@example.com>").expect(250);
+    assert_eq!(
+        t.cmd("RCPT TO:<nobody@example.com>").expect(550),
+        "5.1.1 <nobody@example.com>: Recipient address rejected: User unknown"
+    );
+    assert_eq!(
+        t.cmd("RCPT TO:<down@example.com>").expect(451),
+        "4.3.0 <down@example.com>: Temporary lookup failure"
+    );
+    // Not looked up: outside allowed_hosts (refused first), and postmaster.
+    t.cmd("RCPT TO:<known@elsewhere.test>").expect(550);
+    t.cmd("RCPT TO:<postmaster>").expect(250);
+    assert_eq!(
+        t.lookups,
+        [
+            "known@example.com",
+            "nobody@example.com",
+            "down@example.com"
+        ]
+    );
+    // Pipelined RCPTs each wait for their lookup, in order.
+    t.send("RCPT TO:<known@sub.example.org>\r\nRCPT TO:<x@example.com>\r\nDATA\r\n")
+        .codes(&[250, 550, 354]);
+    t.send(".\r\n").expect(250);
+    assert_eq!(
+        t.stored[0].recipients,
+        ["known@example.com", "postmaster", "known@sub.example.org"]
+    );
+    assert_eq!(
+        t.s.counts().to_string(),
+        "ehlo=1 mail=1 rcpt=3/7 data=1 commands=6/10"
+    );
+}
+
+#[test]
+fn lookup_failures_do_not_count_as_client_errors() {
+    let mut t = T::with(SessionConfig {
+        check_recipients: true,
+        max_errors: 2,
+        ..cfg()
+    });
+    t.cmd("EHLO c.test").expect(250);
+    t.cmd("MAIL FROM:<>").expect(250);
+    for _ in 0..5 {
+        t.cmd("RCPT TO:<down@example.com>").expect(451);
+    }
+    t.cmd("RCPT TO:<nobody@example.com>").expect(550);
+    t.cmd("RCPT TO:<nobody@example.com>").codes(&[550, 421]);
+}
+
+#[test]
 fn disconnect_counts() {
     let mut t = T::ready();
     t.envelope();
@@ -615,6 +694,7 @@ fn run_split(input: &[u8], cuts: &[usize]) -> (String, Vec<Vec<u8>>) {
                     t.stored.push(*e);
                     t.s.delivered(DeliveryOutcome::Stored);
                 }
+                Event::CheckRecipient(a) => t.s.recipient_checked(directory(&a)),
             }
         }
         out.extend_from_slice(t.s.output());

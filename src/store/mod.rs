@@ -13,6 +13,8 @@ pub mod writer;
 
 pub use writer::{Delivery, WriterHandle};
 
+use crate::config::{Backend, Config, StoreConfig};
+
 /// Whether retrying a failed commit can help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -70,4 +72,214 @@ pub trait Store: Send + 'static {
         &mut self,
         batch: &[Arc<Envelope>],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// The configured stores, each with its writer task.
+#[derive(Default)]
+pub struct Stores {
+    required: Vec<Delivery>,
+    optional: Vec<Delivery>,
+    writers: Vec<WriterHandle>,
+}
+
+impl Stores {
+    /// No stores yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `store` with its own writer.
+    pub fn add<S: Store>(&mut self, store: S, cfg: &StoreConfig) {
+        let (delivery, writer) = writer::spawn(store, cfg.queue_size, cfg.max_batch);
+        if cfg.optional {
+            self.optional.push(delivery);
+        } else {
+            self.required.push(delivery);
+        }
+        self.writers.push(writer);
+    }
+
+    /// Opens every store the configuration lists.
+    pub async fn open(config: &Config) -> Result<Self, StoreError> {
+        let mut stores = Self::new();
+        for cfg in &config.store {
+            match &cfg.backend {
+                #[cfg(feature = "sqlite")]
+                Backend::Sqlite(c) => stores.add(sqlite::SqliteStore::open(c)?, cfg),
+                #[allow(unreachable_patterns)]
+                other => {
+                    return Err(StoreError::permanent(
+                        "config",
+                        format!("store kind {:?} is not compiled in", other.kind()),
+                    ));
+                }
+            }
+            tracing::info!(
+                kind = cfg.backend.kind(),
+                optional = cfg.optional,
+                "store open"
+            );
+        }
+        Ok(stores)
+    }
+
+    /// The connections' side and the writers to drain at shutdown.
+    pub fn split(self) -> (FanOut, Vec<WriterHandle>) {
+        (
+            FanOut {
+                required: self.required,
+                optional: self.optional,
+            },
+            self.writers,
+        )
+    }
+}
+
+/// Hands each message to every store: the `250` waits for the required
+/// ones, the optional ones get it best-effort.
+#[derive(Clone)]
+pub struct FanOut {
+    required: Vec<Delivery>,
+    optional: Vec<Delivery>,
+}
+
+impl FanOut {
+    /// Commits `envelope` to every required store; `Err` if any failed.
+    pub async fn deliver(&self, envelope: Arc<Envelope>) -> Result<(), StoreError> {
+        for o in &self.optional {
+            o.offer(Arc::clone(&envelope));
+        }
+        if let [only] = self.required.as_slice() {
+            return only.deliver(envelope).await;
+        }
+        // Queue to all first, so the stores commit in parallel, then wait.
+        let mut pending = Vec::with_capacity(self.required.len());
+        for d in &self.required {
+            pending.push(d.submit(Arc::clone(&envelope)).await?);
+        }
+        let mut result = Ok(());
+        for p in pending {
+            if let Err(e) = p.wait().await {
+                result = Err(e);
+            }
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::time::SystemTime;
+
+    use crate::message::MessageId;
+
+    /// Records what it was given and fails on demand. It tests the fan-out
+    /// rules only; real stores are tested against real databases.
+    struct Probe {
+        seen: Arc<Mutex<Vec<MessageId>>>,
+        fail: bool,
+    }
+
+    impl Store for Probe {
+        fn name(&self) -> &'static str {
+            "probe"
+        }
+        async fn commit(&mut self, batch: &[Arc<Envelope>]) -> Result<(), StoreError> {
+            if self.fail {
+                return Err(StoreError::transient("probe", "down"));
+            }
+            self.seen.lock().unwrap().extend(batch.iter().map(|e| e.id));
+            Ok(())
+        }
+    }
+
+    fn envelope() -> Arc<Envelope> {
+        Arc::new(Envelope {
+            id: MessageId::generate(SystemTime::now()),
+            received_at: SystemTime::now(),
+            client: "127.0.0.1:1".parse().unwrap(),
+            helo: "h".into(),
+            esmtp: true,
+            tls: false,
+            mail_from: String::new(),
+            recipients: vec!["r@x".into()],
+            body: Default::default(),
+            smtputf8: false,
+            raw: bytes::Bytes::from_static(b"x"),
+            header_len: 0,
+            parsed: None,
+            hashes: Vec::new(),
+        })
+    }
+
+    fn probe(fail: bool) -> (Probe, Arc<Mutex<Vec<MessageId>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        (
+            Probe {
+                seen: seen.clone(),
+                fail,
+            },
+            seen,
+        )
+    }
+
+    fn cfg(optional: bool) -> StoreConfig {
+        StoreConfig {
+            optional,
+            ..StoreConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn every_required_store_must_commit() {
+        let (a, seen_a) = probe(false);
+        let (b, seen_b) = probe(false);
+        let mut stores = Stores::new();
+        stores.add(a, &cfg(false));
+        stores.add(b, &cfg(false));
+        let (fan, writers) = stores.split();
+        let e = envelope();
+        fan.deliver(e.clone()).await.unwrap();
+        assert_eq!(*seen_a.lock().unwrap(), [e.id]);
+        assert_eq!(*seen_b.lock().unwrap(), [e.id]);
+
+        let (c, _) = probe(true);
+        let (d, seen_d) = probe(false);
+        let mut stores = Stores::new();
+        stores.add(c, &cfg(false));
+        stores.add(d, &cfg(false));
+        let (fan2, writers2) = stores.split();
+        assert!(
+            fan2.deliver(envelope()).await.is_err(),
+            "one failing required store fails the message"
+        );
+        assert_eq!(seen_d.lock().unwrap().len(), 1);
+        drop((fan, fan2));
+        for w in writers.into_iter().chain(writers2) {
+            w.drained().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_optional_store_never_fails_a_message() {
+        let (a, seen_a) = probe(false);
+        let (b, _) = probe(true);
+        let (c, seen_c) = probe(false);
+        let mut stores = Stores::new();
+        stores.add(a, &cfg(false));
+        stores.add(b, &cfg(true));
+        stores.add(c, &cfg(true));
+        let (fan, writers) = stores.split();
+        let e = envelope();
+        fan.deliver(e.clone()).await.unwrap();
+        drop(fan);
+        for w in writers {
+            w.drained().await;
+        }
+        assert_eq!(*seen_a.lock().unwrap(), [e.id]);
+        // The optional store that works got it too (after its writer drained).
+        assert_eq!(*seen_c.lock().unwrap(), [e.id]);
+    }
 }

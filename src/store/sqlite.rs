@@ -13,32 +13,59 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior, params};
 
 use super::{Store, StoreError};
 use crate::config::{SqliteConfig, Synchronous};
-use crate::message::{Envelope, time::Utc};
+use crate::message::{Envelope, Parsed, time::Utc};
 
 const NAME: &str = "sqlite";
 
 /// The schema version this code writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
+/// Version 2: messages and recipients with the parsed fields.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
-    id          TEXT PRIMARY KEY NOT NULL, -- time-sortable message id
-    received_at TEXT NOT NULL,             -- RFC 3339, UTC
-    remote_ip   TEXT NOT NULL,
-    helo        TEXT NOT NULL,
-    mail_from   TEXT NOT NULL,             -- '' for the null reverse-path
-    size        INTEGER NOT NULL,          -- octets of raw
-    tls         INTEGER NOT NULL,          -- 0 or 1
-    protocol    TEXT NOT NULL,             -- SMTP, ESMTP, ESMTPS, UTF8SMTP...
-    body_type   TEXT NOT NULL,             -- 7BIT, 8BITMIME, BINARYMIME
-    raw         BLOB NOT NULL              -- Received header + message, CRLF
+    id           TEXT PRIMARY KEY NOT NULL, -- time-sortable message id
+    received_at  TEXT NOT NULL,             -- RFC 3339, UTC
+    remote_ip    TEXT NOT NULL,
+    helo         TEXT NOT NULL,
+    mail_from    TEXT NOT NULL,             -- '' for the null reverse-path
+    size         INTEGER NOT NULL,          -- octets of raw
+    tls          INTEGER NOT NULL,          -- 0 or 1
+    protocol     TEXT NOT NULL,             -- SMTP, ESMTP, ESMTPS, UTF8SMTP...
+    body_type    TEXT NOT NULL,             -- 7BIT, 8BITMIME, BINARYMIME
+    raw          BLOB NOT NULL,             -- Received header + message, CRLF
+    subject      TEXT NOT NULL DEFAULT '',  -- decoded to UTF-8
+    from_addr    TEXT NOT NULL DEFAULT '',  -- From: address, lower-cased
+    to_addr      TEXT NOT NULL DEFAULT '',  -- To: addresses, comma-separated
+    date         TEXT NOT NULL DEFAULT '',  -- Date: header, RFC 3339
+    message_id   TEXT NOT NULL DEFAULT '',  -- Message-ID: header
+    body         TEXT NOT NULL DEFAULT '',  -- preferred body part, UTF-8
+    charset      TEXT NOT NULL DEFAULT '',  -- its declared charset
+    content_type TEXT NOT NULL DEFAULT '',  -- its content type
+    has_attach   INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS recipients (
-    message_id  TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
-    address     TEXT NOT NULL
+    message_id   TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    address      TEXT NOT NULL,
+    hash         TEXT NOT NULL DEFAULT ''   -- the reference's MD5 hash
 );
 CREATE INDEX IF NOT EXISTS recipients_address ON recipients(address);
 CREATE INDEX IF NOT EXISTS recipients_message ON recipients(message_id);
+CREATE INDEX IF NOT EXISTS recipients_hash ON recipients(hash);
+";
+
+/// From version 1 (issue 2's schema) to version 2: the parsed fields.
+const MIGRATE_1_TO_2: &str = "
+ALTER TABLE messages ADD COLUMN subject      TEXT NOT NULL DEFAULT '';
+ALTER TABLE messages ADD COLUMN from_addr    TEXT NOT NULL DEFAULT '';
+ALTER TABLE messages ADD COLUMN to_addr      TEXT NOT NULL DEFAULT '';
+ALTER TABLE messages ADD COLUMN date         TEXT NOT NULL DEFAULT '';
+ALTER TABLE messages ADD COLUMN message_id   TEXT NOT NULL DEFAULT '';
+ALTER TABLE messages ADD COLUMN body         TEXT NOT NULL DEFAULT '';
+ALTER TABLE messages ADD COLUMN charset      TEXT NOT NULL DEFAULT '';
+ALTER TABLE messages ADD COLUMN content_type TEXT NOT NULL DEFAULT '';
+ALTER TABLE messages ADD COLUMN has_attach   INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE recipients ADD COLUMN hash       TEXT NOT NULL DEFAULT '';
+CREATE INDEX IF NOT EXISTS recipients_hash ON recipients(hash);
 ";
 
 /// The SQLite store.
@@ -88,10 +115,46 @@ fn open_connection(cfg: &SqliteConfig) -> Result<Connection, StoreError> {
     };
     conn.pragma_update(None, "synchronous", sync)
         .and_then(|()| conn.pragma_update(None, "foreign_keys", "ON"))
-        .and_then(|()| conn.execute_batch(SCHEMA))
-        .and_then(|()| conn.pragma_update(None, "user_version", SCHEMA_VERSION))
-        .map_err(|e| fail("cannot create the schema in", &e))?;
+        .map_err(|e| fail("cannot configure", &e))?;
+    migrate(&conn).map_err(|e| fail("cannot create or migrate the schema in", &e))?;
     Ok(conn)
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`], in one transaction.
+fn migrate(conn: &Connection) -> Result<(), String> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| e.to_string())?;
+    let has_messages: bool = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'messages'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(|e| e.to_string())?
+        > 0;
+    let script = match (version, has_messages) {
+        (SCHEMA_VERSION, _) => return Ok(()),
+        (0, false) => SCHEMA,
+        (1, true) => MIGRATE_1_TO_2,
+        (v, _) if v > SCHEMA_VERSION => {
+            return Err(format!(
+                "schema version {v} is newer than this gsmtpd ({SCHEMA_VERSION})"
+            ));
+        }
+        (v, _) => return Err(format!("unexpected schema version {v}")),
+    };
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE; {script}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+    ))
+    .map_err(|e| {
+        let _ = conn.execute_batch("ROLLBACK");
+        e.to_string()
+    })?;
+    if version == 1 {
+        tracing::info!(from = 1, to = SCHEMA_VERSION, "sqlite schema migrated");
+    }
+    Ok(())
 }
 
 fn classify(e: rusqlite::Error) -> StoreError {
@@ -113,13 +176,23 @@ fn write_batch(conn: &mut Connection, batch: &[Arc<Envelope>]) -> rusqlite::Resu
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
         let mut message = tx.prepare_cached(
-            "INSERT INTO messages (id, received_at, remote_ip, helo, mail_from, size, tls, protocol, body_type, raw)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO messages (id, received_at, remote_ip, helo, mail_from, size, tls,
+                 protocol, body_type, raw, subject, from_addr, to_addr, date, message_id,
+                 body, charset, content_type, has_attach)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                 ?17, ?18, ?19)",
         )?;
-        let mut recipient =
-            tx.prepare_cached("INSERT INTO recipients (message_id, address) VALUES (?1, ?2)")?;
+        let mut recipient = tx.prepare_cached(
+            "INSERT INTO recipients (message_id, address, hash) VALUES (?1, ?2, ?3)",
+        )?;
+        let unparsed = Parsed {
+            charset: String::new(),
+            content_type: String::new(),
+            ..Parsed::default()
+        };
         for e in batch {
             let id = e.id.as_str();
+            let p = e.parsed.as_ref().unwrap_or(&unparsed);
             message.execute(params![
                 id,
                 Utc::from_system(e.received_at).rfc3339(),
@@ -131,9 +204,19 @@ fn write_batch(conn: &mut Connection, batch: &[Arc<Envelope>]) -> rusqlite::Resu
                 crate::message::protocol_name(e.esmtp, e.tls, e.smtputf8),
                 e.body.as_str(),
                 &e.raw[..],
+                p.subject,
+                p.from,
+                p.to,
+                p.date,
+                p.message_id,
+                p.body,
+                p.charset,
+                p.content_type,
+                p.has_attach,
             ])?;
-            for r in &e.recipients {
-                recipient.execute(params![id, r])?;
+            for (i, r) in e.recipients.iter().enumerate() {
+                let hash = e.hashes.get(i).map(String::as_str).unwrap_or_default();
+                recipient.execute(params![id, r, hash])?;
             }
         }
     }
@@ -187,6 +270,8 @@ mod tests {
             smtputf8: false,
             raw: bytes::Bytes::from_static(b"Received: x\r\n\r\nhello\r\n"),
             header_len: 13,
+            parsed: None,
+            hashes: Vec::new(),
         })
     }
 
@@ -224,6 +309,88 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    /// The schema issue 2 shipped, as a database in the field has it.
+    const SCHEMA_V1: &str = "
+        CREATE TABLE messages (id TEXT PRIMARY KEY NOT NULL, received_at TEXT NOT NULL,
+            remote_ip TEXT NOT NULL, helo TEXT NOT NULL, mail_from TEXT NOT NULL,
+            size INTEGER NOT NULL, tls INTEGER NOT NULL, protocol TEXT NOT NULL,
+            body_type TEXT NOT NULL, raw BLOB NOT NULL);
+        CREATE TABLE recipients (message_id TEXT NOT NULL REFERENCES messages(id)
+            ON DELETE CASCADE, address TEXT NOT NULL);
+        CREATE INDEX recipients_address ON recipients(address);
+        CREATE INDEX recipients_message ON recipients(message_id);
+        INSERT INTO messages VALUES ('OLD', '2026-01-01T00:00:00.000Z', '192.0.2.1', 'h',
+            'a@b.test', 3, 0, 'ESMTP', '7BIT', X'616263');
+        INSERT INTO recipients VALUES ('OLD', 'r@example.com');
+        PRAGMA user_version = 1;
+    ";
+
+    #[tokio::test]
+    async fn migrates_a_version_1_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SqliteConfig {
+            path: dir.path().join("v1.db"),
+            ..SqliteConfig::default()
+        };
+        Connection::open(&cfg.path)
+            .unwrap()
+            .execute_batch(SCHEMA_V1)
+            .unwrap();
+        let mut store = SqliteStore::open(&cfg).unwrap();
+        let mut e = (*envelope(&["n@example.com"])).clone();
+        e.parsed = Some(crate::message::parse::parse(b"Subject: new\r\n\r\nbody"));
+        e.hashes = vec!["0123456789abcdef0123456789abcdef".into()];
+        store.commit(&[Arc::new(e.clone())]).await.unwrap();
+        let db = open_read_only(&cfg.path).unwrap();
+        let version: i64 = db
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let old: (Vec<u8>, String, String) = db
+            .query_row(
+                "SELECT raw, subject, (SELECT hash FROM recipients WHERE message_id = 'OLD')
+                 FROM messages WHERE id = 'OLD'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(old, (b"abc".to_vec(), String::new(), String::new()));
+        let new: (String, String, String) = db
+            .query_row(
+                "SELECT subject, body, (SELECT hash FROM recipients WHERE message_id = m.id)
+                 FROM messages m WHERE id = ?1",
+                [e.id.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            new,
+            (
+                "new".into(),
+                "body".into(),
+                "0123456789abcdef0123456789abcdef".into()
+            )
+        );
+        drop(store);
+        // Opening again is a no-op.
+        SqliteStore::open(&cfg).unwrap();
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SqliteConfig {
+            path: dir.path().join("v9.db"),
+            ..SqliteConfig::default()
+        };
+        Connection::open(&cfg.path)
+            .unwrap()
+            .execute_batch("CREATE TABLE messages (id TEXT); PRAGMA user_version = 9;")
+            .unwrap();
+        let err = SqliteStore::open(&cfg).err().expect("refused");
+        assert!(err.message.contains("newer"), "{err}");
     }
 
     #[tokio::test]

@@ -16,7 +16,8 @@ use crate::message::Envelope;
 
 struct Job {
     envelope: Arc<Envelope>,
-    ack: oneshot::Sender<Result<(), StoreError>>,
+    /// `None` for an optional store: nobody waits for its verdict.
+    ack: Option<oneshot::Sender<Result<(), StoreError>>>,
 }
 
 /// A connection's handle to one store writer; cheap to clone.
@@ -26,20 +27,65 @@ pub struct Delivery {
     store: &'static str,
 }
 
-impl Delivery {
-    /// Queues `envelope` and waits until it is committed or failed.
-    pub async fn deliver(&self, envelope: Arc<Envelope>) -> Result<(), StoreError> {
-        let (ack, done) = oneshot::channel();
-        self.tx
-            .send(Job { envelope, ack })
-            .await
-            .map_err(|_| StoreError::transient(self.store, "writer has stopped"))?;
-        done.await.unwrap_or_else(|_| {
+/// A message queued for one store; await it for the store's verdict.
+pub struct Pending {
+    done: oneshot::Receiver<Result<(), StoreError>>,
+    store: &'static str,
+}
+
+impl Pending {
+    /// Waits until the message is committed or failed.
+    pub async fn wait(self) -> Result<(), StoreError> {
+        self.done.await.unwrap_or_else(|_| {
             Err(StoreError::transient(
                 self.store,
                 "writer stopped before commit",
             ))
         })
+    }
+}
+
+impl Delivery {
+    /// The store's name, for logs.
+    pub fn store(&self) -> &'static str {
+        self.store
+    }
+
+    /// Queues `envelope`, waiting for room in the queue (backpressure).
+    pub async fn submit(&self, envelope: Arc<Envelope>) -> Result<Pending, StoreError> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send(Job {
+                envelope,
+                ack: Some(ack),
+            })
+            .await
+            .map_err(|_| StoreError::transient(self.store, "writer has stopped"))?;
+        Ok(Pending {
+            done,
+            store: self.store,
+        })
+    }
+
+    /// Queues `envelope` and waits until it is committed or failed.
+    pub async fn deliver(&self, envelope: Arc<Envelope>) -> Result<(), StoreError> {
+        self.submit(envelope).await?.wait().await
+    }
+
+    /// Queues `envelope` for a best-effort store without waiting: if the
+    /// queue is full the message is not written there, and that is logged.
+    pub fn offer(&self, envelope: Arc<Envelope>) {
+        let id = envelope.id;
+        if let Err(e) = self.tx.try_send(Job {
+            envelope,
+            ack: None,
+        }) {
+            let why = match e {
+                mpsc::error::TrySendError::Full(_) => "queue full",
+                mpsc::error::TrySendError::Closed(_) => "writer stopped",
+            };
+            tracing::warn!(store = self.store, id = %id, why, "optional store skipped a message");
+        }
     }
 }
 
@@ -92,7 +138,9 @@ async fn run<S: Store>(mut store: S, mut rx: mpsc::Receiver<Job>, max_batch: usi
         for job in jobs.drain(..) {
             // A connection that went away no longer waits; its message is
             // stored all the same.
-            let _ = job.ack.send(result.clone());
+            if let Some(ack) = job.ack {
+                let _ = ack.send(result.clone());
+            }
         }
     }
 }
@@ -143,6 +191,8 @@ mod tests {
             smtputf8: false,
             raw: bytes::Bytes::from_static(b"x"),
             header_len: 0,
+            parsed: None,
+            hashes: Vec::new(),
         })
     }
 

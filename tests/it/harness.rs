@@ -5,8 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gsmtpd::config::{Config, SqliteConfig, StoreConfig};
-use gsmtpd::store::sqlite::SqliteStore;
+use gsmtpd::config::{Backend, Config, SqliteConfig, StoreConfig};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -37,10 +36,13 @@ pub fn test_config(db: &Path) -> Config {
         "#,
     )
     .unwrap();
-    c.store = StoreConfig::Sqlite(SqliteConfig {
-        path: db.to_owned(),
-        ..SqliteConfig::default()
-    });
+    c.store = vec![StoreConfig {
+        backend: Backend::Sqlite(SqliteConfig {
+            path: db.to_owned(),
+            ..SqliteConfig::default()
+        }),
+        ..StoreConfig::default()
+    }];
     c
 }
 
@@ -56,15 +58,18 @@ impl Server {
         let db = dir.path().join("gsmtpd.db");
         let mut config = test_config(&db);
         tweak(&mut config);
-        let StoreConfig::Sqlite(sqlite) = &config.store;
-        let store = SqliteStore::open(sqlite).unwrap();
-        let db = sqlite.path.clone();
+        // Tests that replace the SQLite store leave `db` unused.
+        let db = match &config.store[0].backend {
+            Backend::Sqlite(sqlite) => sqlite.path.clone(),
+            _ => db,
+        };
+        let backends = gsmtpd::Backends::open(&config).await.unwrap();
         let listener = tokio::net::TcpListener::bind(config.listener[0].addr)
             .await
             .unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(gsmtpd::run(listener, config, store, async {
+        let task = tokio::spawn(gsmtpd::serve(vec![listener], config, backends, async {
             let _ = stopped.await;
         }));
         Self {

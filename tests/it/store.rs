@@ -1,14 +1,16 @@
 //! Store failures seen from the client: nothing is acknowledged unless it
 //! was committed, and a failed commit is a `451` the client can retry.
 
-use gsmtpd::config::StoreConfig;
+use gsmtpd::config::Backend;
 
 use crate::harness::Server;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn locked_database_answers_451_and_stores_nothing() {
     let server = Server::start_with(|c| {
-        let StoreConfig::Sqlite(s) = &mut c.store;
+        let Backend::Sqlite(s) = &mut c.store[0].backend else {
+            unreachable!()
+        };
         s.busy_timeout_ms = 200;
     })
     .await;

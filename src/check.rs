@@ -1,0 +1,148 @@
+//! The recipient check (the original's `GSMTP_VERIFY_USERS`): a SQL query
+//! run at RCPT against the database of one of the SQL stores. A row means
+//! the mailbox exists; no row is `550 5.1.1`; an error or a timeout is
+//! `451 4.3.0`, so a broken lookup never bounces mail.
+//!
+//! Answers are cached for `cache_ttl_secs`; failures never are.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::{Backend, Config, RecipientCheckConfig};
+use crate::smtp::RecipientVerdict;
+use crate::store::StoreError;
+
+/// Cached answers are dropped wholesale past this many entries, so a
+/// dictionary attack cannot grow the cache without bound.
+const CACHE_CAPACITY: usize = 100_000;
+
+/// Where the query runs.
+enum Lookup {
+    /// Keeps the enum inhabited-looking when no SQL backend is compiled in.
+    #[allow(dead_code)]
+    Never(std::convert::Infallible),
+    #[cfg(feature = "sqlite")]
+    Sqlite {
+        conn: Arc<Mutex<rusqlite::Connection>>,
+        query: Arc<str>,
+    },
+}
+
+/// A configured recipient check.
+pub struct RecipientCheck {
+    lookup: Lookup,
+    timeout: Duration,
+    ttl: Duration,
+    cache: Mutex<HashMap<String, (bool, Instant)>>,
+}
+
+impl RecipientCheck {
+    /// Connects the check to the first store of the configured kind.
+    pub async fn open(config: &Config) -> Result<Option<Self>, StoreError> {
+        let Some(check) = &config.recipient_check else {
+            return Ok(None);
+        };
+        let backend = config
+            .store
+            .iter()
+            .map(|s| &s.backend)
+            .find(|b| b.kind() == check.store)
+            .ok_or_else(|| StoreError::permanent("check", "no store of that kind"))?;
+        let lookup = Self::lookup(backend, check).await?;
+        Ok(Some(Self {
+            lookup,
+            timeout: Duration::from_millis(check.timeout_ms),
+            ttl: Duration::from_secs(check.cache_ttl_secs),
+            cache: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    async fn lookup(backend: &Backend, check: &RecipientCheckConfig) -> Result<Lookup, StoreError> {
+        let _ = check;
+        match backend {
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite(c) => {
+                let conn = crate::store::sqlite::open_read_only(&c.path)
+                    .map_err(|e| StoreError::permanent("check", e))?;
+                conn.busy_timeout(Duration::from_millis(check.timeout_ms))
+                    .map_err(|e| StoreError::permanent("check", e))?;
+                // Fail at start, not at the first RCPT, if the query is wrong.
+                conn.prepare(&check.query)
+                    .map_err(|e| StoreError::permanent("check", format!("query: {e}")))?;
+                Ok(Lookup::Sqlite {
+                    conn: Arc::new(Mutex::new(conn)),
+                    query: check.query.as_str().into(),
+                })
+            }
+            #[allow(unreachable_patterns)]
+            other => Err(StoreError::permanent(
+                "check",
+                format!("recipient check on {:?} is not compiled in", other.kind()),
+            )),
+        }
+    }
+
+    /// Looks `address` up (case-insensitively).
+    pub async fn verify(&self, address: &str) -> RecipientVerdict {
+        let key = address.to_lowercase();
+        if let Some(known) = self.cached(&key) {
+            return verdict(known);
+        }
+        let answer = match tokio::time::timeout(self.timeout, self.query(&key)).await {
+            Ok(Ok(known)) => known,
+            Ok(Err(e)) => {
+                tracing::warn!(address = %key, error = %e, "recipient lookup failed");
+                return RecipientVerdict::LookupFailed;
+            }
+            Err(_) => {
+                tracing::warn!(address = %key, timeout_ms = self.timeout.as_millis() as u64, "recipient lookup timed out");
+                return RecipientVerdict::LookupFailed;
+            }
+        };
+        if !self.ttl.is_zero() {
+            let mut cache = self.cache.lock().expect("cache lock");
+            if cache.len() >= CACHE_CAPACITY {
+                cache.clear();
+            }
+            cache.insert(key, (answer, Instant::now()));
+        }
+        verdict(answer)
+    }
+
+    fn cached(&self, key: &str) -> Option<bool> {
+        let cache = self.cache.lock().expect("cache lock");
+        cache
+            .get(key)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(known, _)| *known)
+    }
+
+    /// True if the query returns a row.
+    async fn query(&self, address: &str) -> Result<bool, String> {
+        match &self.lookup {
+            Lookup::Never(never) => match *never {},
+            #[cfg(feature = "sqlite")]
+            Lookup::Sqlite { conn, query } => {
+                let (conn, query, address) = (conn.clone(), query.clone(), address.to_owned());
+                tokio::task::spawn_blocking(move || {
+                    let conn = conn
+                        .lock()
+                        .map_err(|_| "lookup connection poisoned".to_owned())?;
+                    let mut st = conn.prepare_cached(&query).map_err(|e| e.to_string())?;
+                    st.exists([address]).map_err(|e| e.to_string())
+                })
+                .await
+                .map_err(|e| e.to_string())?
+            }
+        }
+    }
+}
+
+fn verdict(known: bool) -> RecipientVerdict {
+    if known {
+        RecipientVerdict::Known
+    } else {
+        RecipientVerdict::Unknown
+    }
+}
