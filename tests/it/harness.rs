@@ -12,6 +12,19 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// The URL of a test service from the environment (`.ci/run` sets them).
+/// Unset: the test is skipped and says so. Set: the service must answer,
+/// or the test fails.
+pub fn service_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            println!("SKIPPED: {var} is not set (.ci/run sets it to the local service)");
+            None
+        }
+    }
+}
+
 /// How long a test waits for any one reply before it fails.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(20);
 
