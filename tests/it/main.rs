@@ -1,6 +1,7 @@
 //! One integration-test binary: the real server on loopback ports, spoken
 //! to over real TCP, with the real SQLite store read back.
 
+mod check;
 mod harness;
 mod process;
 mod smtp;
