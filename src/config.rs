@@ -796,6 +796,39 @@ mod tests {
         }
     }
 
+    /// The commented examples in the sample are valid too: uncomment every
+    /// `# key = value` and `# [table]` line and parse the result.
+    #[test]
+    #[cfg(all(
+        feature = "sqlite",
+        feature = "mysql",
+        feature = "postgres",
+        feature = "redis",
+        feature = "memcached"
+    ))]
+    fn sample_config_with_every_example_uncommented_parses() {
+        let text: String = include_str!("../gsmtpd.toml.sample")
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest.starts_with('[')
+                        || rest.split_once(" = ").is_some_and(|(k, _)| {
+                            k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                        }) =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let kinds: Vec<&str> = c.store.iter().map(|s| s.backend.kind()).collect();
+        assert_eq!(kinds, ["sqlite", "mysql", "postgres", "redis", "memcached"]);
+        assert!(c.recipient_check.is_some());
+        assert_eq!(c.primary_mail_host.as_deref(), Some("example.com"));
+    }
+
     #[test]
     fn sample_config_parses() {
         let text = include_str!("../gsmtpd.toml.sample");
