@@ -592,6 +592,8 @@ impl Config {
             forbid_bare_newline: self.forbid_bare_newline,
             allowed_hosts: HostMatcher::new(&self.allowed_hosts).expect("validated"),
             check_recipients: self.recipient_check.is_some(),
+            starttls: false,
+            require_tls: false,
         }
     }
 

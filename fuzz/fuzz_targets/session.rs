@@ -19,7 +19,7 @@ fn run(input: &[u8], cut_every: usize, check: bool) -> (Vec<u8>, usize) {
         check_recipients: check,
         ..SessionConfig::default()
     };
-    let peer = Peer { client: "192.0.2.1:1".parse().unwrap(), tls: false };
+    let peer = Peer { client: "192.0.2.1:1".parse().unwrap(), tls: None };
     let mut s = Session::new(Arc::new(cfg), peer);
     let mut buf = BytesMut::new();
     let mut out = Vec::new();

@@ -61,6 +61,8 @@ impl Envelope {
 pub struct Trace<'a> {
     pub helo: &'a str,
     pub client: IpAddr,
+    /// The TLS parameters, stated in a comment as Postfix does.
+    pub tls: Option<crate::smtp::TlsInfo>,
     pub by: &'a str,
     pub protocol: &'a str,
     pub id: &'a MessageId,
@@ -87,9 +89,13 @@ impl Trace<'_> {
             },
         };
         let date = time::Utc::from_system(self.at).rfc5322();
+        let tls = match self.tls {
+            Some(t) => format!("\r\n\t(using {} with cipher {})", t.version, t.cipher),
+            None => String::new(),
+        };
         let mut h = format!(
-            "Received: from {} ({})\r\n\tby {} (gsmtpd) with {} id {}",
-            self.helo, literal, self.by, self.protocol, self.id
+            "Received: from {} ({}){}\r\n\tby {} (gsmtpd) with {} id {}",
+            self.helo, literal, tls, self.by, self.protocol, self.id
         );
         match self.single_recipient {
             Some(r) => h.push_str(&format!("\r\n\tfor <{r}>; {date}\r\n")),
@@ -123,6 +129,7 @@ mod tests {
         let t = Trace {
             helo: "client.example",
             client: "192.0.2.1".parse().unwrap(),
+            tls: None,
             by: "mx.example.com",
             protocol: "ESMTP",
             id: &id,
@@ -139,6 +146,7 @@ mod tests {
             client: "2001:db8::1".parse().unwrap(),
             single_recipient: None,
             protocol: "SMTP",
+            tls: None,
             ..t
         };
         assert_eq!(

@@ -56,6 +56,9 @@ pub enum CloseReason {
     Shutdown,
     /// A socket error.
     Io(io::Error),
+    /// The client asked for STARTTLS: the caller runs the handshake and
+    /// continues the session over TLS. Not an end.
+    StartTls,
 }
 
 impl CloseReason {
@@ -67,6 +70,7 @@ impl CloseReason {
             CloseReason::Timeout => "timeout",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Io(_) => "io-error",
+            CloseReason::StartTls => "starttls",
         }
     }
 }
@@ -154,6 +158,14 @@ pub async fn drive<S: Io>(
                     None => crate::smtp::RecipientVerdict::Known,
                 };
                 session.recipient_checked(verdict);
+            }
+            Event::StartTls => {
+                if let Err(r) = write_output(io, session, limits.command_timeout).await {
+                    return r;
+                }
+                // Whatever the client sent after STARTTLS in plaintext is
+                // dropped here, unread by the session (CVE-2011-0411).
+                return CloseReason::StartTls;
             }
             Event::Close => {
                 let _ = write_output(io, session, limits.command_timeout).await;
@@ -284,7 +296,7 @@ mod tests {
         let task = tokio::spawn(async move {
             let peer = Peer {
                 client: "192.0.2.1:5000".parse().unwrap(),
-                tls: false,
+                tls: None,
             };
             let mut session = Session::new(Arc::clone(&limits.session), peer);
             let reason = drive(&mut server, &mut session, &limits, &services, &stop2).await;

@@ -192,7 +192,7 @@ async fn connection(
     tracing::info!(client = %client, "connect");
     let mut session = Session::new(
         Arc::clone(&shared.limits.session),
-        Peer { client, tls: false },
+        Peer { client, tls: None },
     );
     let reason = conn::drive(
         &mut stream,

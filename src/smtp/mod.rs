@@ -11,7 +11,7 @@ pub mod session;
 pub use command::{BodyType, Command, Verb};
 pub use reply::Reply;
 pub use session::{
-    DeliveryOutcome, Event, HostMatcher, Peer, RecipientVerdict, Session, SessionConfig,
+    DeliveryOutcome, Event, HostMatcher, Peer, RecipientVerdict, Session, SessionConfig, TlsInfo,
 };
 
 #[cfg(test)]

@@ -96,6 +96,10 @@ pub const NEED_HELO: Reply = Reply::new(503, "5.5.1 Error: send HELO/EHLO first"
 pub const NESTED_MAIL: Reply = Reply::new(503, "5.5.1 Error: nested MAIL command");
 pub const NEED_MAIL: Reply = Reply::new(503, "5.5.1 Error: need MAIL command");
 pub const NEED_RCPT: Reply = Reply::new(503, "5.5.1 Error: need RCPT command");
+pub const READY_TLS: Reply = Reply::new(220, "2.0.0 Ready to start TLS");
+pub const TLS_ACTIVE: Reply = Reply::new(503, "5.5.1 Error: TLS already active");
+pub const TX_IN_PROGRESS: Reply = Reply::new(503, "5.5.1 Error: MAIL transaction in progress");
+pub const NEED_TLS: Reply = Reply::new(530, "5.7.0 Must issue a STARTTLS command first");
 pub const BDAT_IN_PROGRESS: Reply = Reply::new(503, "5.5.1 Error: BDAT transfer in progress");
 pub const DATA_AFTER_BDAT: Reply = Reply::new(503, "5.5.1 Error: DATA not allowed after BDAT");
 pub const BINARYMIME_NEEDS_BDAT: Reply =
@@ -225,6 +229,10 @@ mod tests {
             NEED_MAIL,
             NEED_RCPT,
             BDAT_IN_PROGRESS,
+            READY_TLS,
+            TLS_ACTIVE,
+            TX_IN_PROGRESS,
+            NEED_TLS,
             DATA_AFTER_BDAT,
             BINARYMIME_NEEDS_BDAT,
             SYNTAX_EHLO,

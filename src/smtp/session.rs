@@ -45,6 +45,10 @@ pub struct SessionConfig {
     pub allowed_hosts: HostMatcher,
     /// Ask the caller to look each recipient up (`Event::CheckRecipient`).
     pub check_recipients: bool,
+    /// Offer STARTTLS (RFC 3207) until the session is encrypted.
+    pub starttls: bool,
+    /// Refuse MAIL until the session is encrypted (`530 5.7.0`).
+    pub require_tls: bool,
 }
 
 impl Default for SessionConfig {
@@ -58,6 +62,8 @@ impl Default for SessionConfig {
             forbid_bare_newline: true,
             allowed_hosts: HostMatcher::any(),
             check_recipients: false,
+            starttls: false,
+            require_tls: false,
         }
     }
 }
@@ -118,8 +124,17 @@ impl HostMatcher {
 pub struct Peer {
     /// The client address (after a PROXY header, when there is one).
     pub client: SocketAddr,
-    /// The session runs over TLS.
-    pub tls: bool,
+    /// Set once the session runs over TLS.
+    pub tls: Option<TlsInfo>,
+}
+
+/// The negotiated TLS parameters, for the Received header and the stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// e.g. `TLSv1.3`
+    pub version: &'static str,
+    /// e.g. `TLS_AES_256_GCM_SHA384`
+    pub cipher: &'static str,
 }
 
 /// What the caller must do next.
@@ -134,6 +149,10 @@ pub enum Event {
     /// Look this recipient up, then call [`Session::recipient_checked`]
     /// before calling `advance` again.
     CheckRecipient(String),
+    /// Write the output, throw away every byte of input already buffered
+    /// (RFC 3207 §4.2, CVE-2011-0411), run the TLS handshake, then call
+    /// [`Session::tls_started`] (or end the connection if it failed).
+    StartTls,
     /// Write the output, then close the connection.
     Close,
 }
@@ -179,6 +198,8 @@ enum Phase {
     Delivering(MessageId),
     /// A recipient was handed out for lookup; waiting for `recipient_checked`.
     Checking(String),
+    /// `220` to STARTTLS queued; waiting for `tls_started`.
+    StartingTls,
     /// The session is over.
     Closed,
 }
@@ -350,7 +371,7 @@ impl Session {
         loop {
             match &mut self.phase {
                 Phase::Closed => return Event::Close,
-                Phase::Delivering(_) | Phase::Checking(_) => {
+                Phase::Delivering(_) | Phase::Checking(_) | Phase::StartingTls => {
                     debug_assert!(false, "advance() before delivered() or recipient_checked()");
                     return Event::NeedInput;
                 }
@@ -433,6 +454,15 @@ impl Session {
         }
     }
 
+    /// The TLS handshake after `StartTls` succeeded: the session starts
+    /// over (RFC 3207 §4.2: forget the EHLO and everything after it).
+    pub fn tls_started(&mut self, info: TlsInfo) {
+        self.peer.tls = Some(info);
+        self.helo = None;
+        self.tx = None;
+        self.phase = Phase::Command;
+    }
+
     /// Reports the lookup of the recipient handed out by `CheckRecipient`.
     pub fn recipient_checked(&mut self, verdict: RecipientVerdict) {
         let Phase::Checking(address) = std::mem::replace(&mut self.phase, Phase::Command) else {
@@ -493,6 +523,7 @@ impl Session {
         match &self.phase {
             Phase::Closed => Some(Event::Close),
             Phase::Checking(address) => Some(Event::CheckRecipient(address.clone())),
+            Phase::StartingTls => Some(Event::StartTls),
             _ => None,
         }
     }
@@ -544,9 +575,8 @@ impl Session {
                 self.close_with(reply::BYE);
                 Ok(())
             }
-            // TLS arrives with the production issue; until then STARTTLS is
-            // not advertised and answered like any other missing command.
-            Command::StartTls | Command::NotImplemented => Err(reply::NOT_IMPLEMENTED),
+            Command::StartTls => self.starttls(),
+            Command::NotImplemented => Err(reply::NOT_IMPLEMENTED),
             Command::Forbidden => {
                 self.counts.record(verb, false);
                 self.close_with(reply::FORBIDDEN_COMMAND);
@@ -562,10 +592,33 @@ impl Session {
         }
     }
 
+    fn starttls(&mut self) -> Result<(), Reply> {
+        if !self.cfg.starttls {
+            return Err(reply::NOT_IMPLEMENTED);
+        }
+        if self.peer.tls.is_some() {
+            return Err(reply::TLS_ACTIVE);
+        }
+        if self.helo.is_none() {
+            return Err(reply::NEED_HELO);
+        }
+        if self.tx.is_some() {
+            return Err(reply::TX_IN_PROGRESS);
+        }
+        self.reply(&reply::READY_TLS);
+        self.phase = Phase::StartingTls;
+        Ok(())
+    }
+
     fn ehlo_reply(&mut self) {
         let c = &self.cfg;
+        let starttls = if c.starttls && self.peer.tls.is_none() {
+            "250-STARTTLS\r\n"
+        } else {
+            ""
+        };
         let text = format!(
-            "250-{}\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n\
+            "250-{}\r\n250-PIPELINING\r\n250-SIZE {}\r\n{starttls}250-8BITMIME\r\n250-SMTPUTF8\r\n\
              250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250 BINARYMIME\r\n",
             c.hostname, c.max_message_size
         );
@@ -579,6 +632,9 @@ impl Session {
         };
         if self.tx.is_some() {
             return Err(reply::NESTED_MAIL);
+        }
+        if self.cfg.require_tls && self.peer.tls.is_none() {
+            return Err(reply::NEED_TLS);
         }
         if params.any && !esmtp {
             return Err(reply::PARAMS_NEED_EHLO);
@@ -772,8 +828,9 @@ impl Session {
         let header = Trace {
             helo,
             client: self.peer.client.ip(),
+            tls: self.peer.tls,
             by: &self.cfg.hostname,
-            protocol: message::protocol_name(*esmtp, self.peer.tls, tx.params.smtputf8),
+            protocol: message::protocol_name(*esmtp, self.peer.tls.is_some(), tx.params.smtputf8),
             id: &id,
             single_recipient: match tx.recipients.as_slice() {
                 [one] => Some(one.as_str()),
@@ -802,7 +859,7 @@ impl Session {
             client: self.peer.client,
             helo,
             esmtp,
-            tls: self.peer.tls,
+            tls: self.peer.tls.is_some(),
             mail_from: tx.from,
             recipients: tx.recipients,
             body: tx.params.body.unwrap_or_default(),

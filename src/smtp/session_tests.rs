@@ -18,7 +18,13 @@ struct T {
     /// Answers recipient lookups when the config asks for them.
     lookup: fn(&str) -> RecipientVerdict,
     lookups: Vec<String>,
+    dropped_at_starttls: Vec<u8>,
 }
+
+const TLS: TlsInfo = TlsInfo {
+    version: "TLSv1.3",
+    cipher: "TLS_AES_256_GCM_SHA384",
+};
 
 /// A directory: `known@…` exists, `down@…` makes the lookup fail.
 fn directory(address: &str) -> RecipientVerdict {
@@ -86,7 +92,7 @@ impl T {
     fn with(cfg: SessionConfig) -> Self {
         let peer = Peer {
             client: "192.0.2.7:40000".parse().unwrap(),
-            tls: false,
+            tls: None,
         };
         let mut s = Session::new(Arc::new(cfg), peer);
         s.greeting();
@@ -99,6 +105,7 @@ impl T {
             closed: false,
             lookup: directory,
             lookups: Vec::new(),
+            dropped_at_starttls: Vec::new(),
         }
     }
 
@@ -129,6 +136,13 @@ impl T {
                     self.lookups.push(a);
                     self.s.recipient_checked(verdict);
                 }
+                Event::StartTls => {
+                    // What the connection does: drop the buffered plaintext,
+                    // handshake, carry on encrypted.
+                    self.dropped_at_starttls.extend_from_slice(&self.input);
+                    self.input.clear();
+                    self.s.tls_started(TLS);
+                }
             }
         }
         let r = Replies(parse_replies(self.s.output()));
@@ -153,7 +167,7 @@ fn greeting_names_host_without_version() {
         Arc::new(cfg()),
         Peer {
             client: "192.0.2.7:1".parse().unwrap(),
-            tls: false,
+            tls: None,
         },
     );
     s.greeting();
@@ -620,6 +634,79 @@ fn lookup_failures_do_not_count_as_client_errors() {
     t.cmd("RCPT TO:<nobody@example.com>").codes(&[550, 421]);
 }
 
+fn tls_cfg(require_tls: bool) -> SessionConfig {
+    SessionConfig {
+        starttls: true,
+        require_tls,
+        ..cfg()
+    }
+}
+
+#[test]
+fn starttls_is_offered_then_resets_the_session() {
+    let mut t = T::with(tls_cfg(false));
+    assert!(t.cmd("STARTTLS").expect(503).contains("HELO"), "EHLO first");
+    let ehlo = t.cmd("EHLO c.test").expect(250).to_string();
+    assert!(ehlo.lines().any(|l| l == "STARTTLS"), "{ehlo}");
+    t.cmd("MAIL FROM:<>").expect(250);
+    assert!(t.cmd("STARTTLS").expect(503).contains("transaction"));
+    t.cmd("RSET").expect(250);
+    assert!(t.cmd("STARTTLS x").expect(501).starts_with("5.5.4"));
+    assert_eq!(t.cmd("STARTTLS").expect(220), "2.0.0 Ready to start TLS");
+    // The session starts over: EHLO is needed again, and no longer offers
+    // STARTTLS; a second STARTTLS is refused.
+    t.cmd("MAIL FROM:<>").expect(503);
+    let ehlo = t.cmd("EHLO c.test").expect(250).to_string();
+    assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
+    assert_eq!(
+        t.cmd("STARTTLS").expect(503),
+        "5.5.1 Error: TLS already active"
+    );
+    t.envelope();
+    t.cmd("DATA").expect(354);
+    t.send(".\r\n").expect(250);
+    let raw = String::from_utf8_lossy(&t.stored[0].raw).into_owned();
+    assert!(
+        raw.contains("\r\n\t(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384)\r\n"),
+        "{raw}"
+    );
+    assert!(raw.contains(" with ESMTPS id "), "{raw}");
+    assert!(t.stored[0].tls);
+}
+
+#[test]
+fn plaintext_pipelined_after_starttls_is_never_answered() {
+    let mut t = T::with(tls_cfg(false));
+    t.cmd("EHLO c.test").expect(250);
+    // CVE-2011-0411: the RSET arrived in plaintext with STARTTLS.
+    t.send("STARTTLS\r\nRSET\r\nMAIL FROM:<evil@x.test>\r\n")
+        .codes(&[220]);
+    assert_eq!(
+        t.dropped_at_starttls,
+        b"RSET\r\nMAIL FROM:<evil@x.test>\r\n"
+    );
+    t.cmd("NOOP").expect(250);
+}
+
+#[test]
+fn require_tls_refuses_mail_in_plaintext() {
+    let mut t = T::with(tls_cfg(true));
+    t.cmd("EHLO c.test").expect(250);
+    assert_eq!(
+        t.cmd("MAIL FROM:<>").expect(530),
+        "5.7.0 Must issue a STARTTLS command first"
+    );
+    t.cmd("STARTTLS").expect(220);
+    t.cmd("EHLO c.test").expect(250);
+    t.cmd("MAIL FROM:<>").expect(250);
+}
+
+#[test]
+fn starttls_not_offered_without_tls() {
+    let mut t = T::ready();
+    assert!(t.cmd("STARTTLS").expect(502).starts_with("5.5.1"));
+}
+
 #[test]
 fn disconnect_counts() {
     let mut t = T::ready();
@@ -695,6 +782,10 @@ fn run_split(input: &[u8], cuts: &[usize]) -> (String, Vec<Vec<u8>>) {
                     t.s.delivered(DeliveryOutcome::Stored);
                 }
                 Event::CheckRecipient(a) => t.s.recipient_checked(directory(&a)),
+                Event::StartTls => {
+                    t.input.clear();
+                    t.s.tls_started(TLS);
+                }
             }
         }
         out.extend_from_slice(t.s.output());
