@@ -68,6 +68,21 @@ pub struct Config {
     /// On SIGTERM, how long transactions in flight may take to finish.
     #[serde(default = "default_shutdown_timeout_secs")]
     pub shutdown_timeout_secs: u64,
+    /// Written at start with our process id, removed at exit.
+    #[serde(default)]
+    pub pid_file: Option<PathBuf>,
+    /// Concurrent connections from one client IP; 0 for no limit.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// MAIL commands per minute from one client IP; 0 for no limit.
+    #[serde(default)]
+    pub max_messages_per_minute_per_ip: u32,
+    /// How long a client has to complete a TLS handshake.
+    #[serde(default = "default_tls_handshake_timeout_secs")]
+    pub tls_handshake_timeout_secs: u64,
+    /// The admin HTTP listener; off when absent.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
     /// Log file; standard error when absent. `-l` overrides it.
     #[serde(default)]
     pub log_file: Option<PathBuf>,
@@ -122,11 +137,85 @@ pub struct RecipientCheckConfig {
     pub cache_ttl_secs: u64,
 }
 
+/// How a listener speaks TLS.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Plaintext only; STARTTLS is not offered.
+    #[default]
+    None,
+    /// Plaintext, with STARTTLS offered (RFC 3207): port 25 and 587.
+    Starttls,
+    /// TLS from the first byte (RFC 8314): port 465.
+    Implicit,
+}
+
 /// One listening socket.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// Address and port, e.g. `0.0.0.0:25`.
+    pub addr: SocketAddr,
+    /// Our name on this listener; the global `hostname` when absent.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// `none`, `starttls` or `implicit`.
+    #[serde(default)]
+    pub tls: TlsMode,
+    /// PEM certificate chain (needed unless `tls = "none"`).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (needed unless `tls = "none"`).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Refuse MAIL before STARTTLS (`530 5.7.0`).
+    #[serde(default)]
+    pub require_tls: bool,
+    /// Expect a PROXY protocol header (v1 or v2) from `proxy_networks`.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// Networks the PROXY header is accepted from, e.g. `["10.0.0.0/8"]`.
+    #[serde(default)]
+    pub proxy_networks: Vec<ipnet::IpNet>,
+    /// How long a proxy has to send its header.
+    #[serde(default = "default_proxy_timeout_secs")]
+    pub proxy_timeout_secs: u64,
+    /// Overrides the global `max_message_size` on this listener.
+    #[serde(default)]
+    pub max_message_size: Option<u64>,
+    /// Overrides the global `command_timeout_secs` on this listener.
+    #[serde(default)]
+    pub command_timeout_secs: Option<u64>,
+    /// Overrides the global `data_timeout_secs` on this listener.
+    #[serde(default)]
+    pub data_timeout_secs: Option<u64>,
+}
+
+impl ListenerConfig {
+    /// A plain listener on `addr` with every default.
+    pub fn plain(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            hostname: None,
+            tls: TlsMode::None,
+            tls_cert: None,
+            tls_key: None,
+            require_tls: false,
+            proxy_protocol: false,
+            proxy_networks: Vec::new(),
+            proxy_timeout_secs: default_proxy_timeout_secs(),
+            max_message_size: None,
+            command_timeout_secs: None,
+            data_timeout_secs: None,
+        }
+    }
+}
+
+/// The admin HTTP listener: `/metrics`, `/healthz`, `/readyz`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where to listen, e.g. `127.0.0.1:8025`. Keep it off the internet.
     pub addr: SocketAddr,
 }
 
@@ -410,9 +499,19 @@ fn default_log_level() -> String {
     "info".to_owned()
 }
 fn default_listeners() -> Vec<ListenerConfig> {
-    vec![ListenerConfig {
-        addr: SocketAddr::from(([127, 0, 0, 1], 2525)),
-    }]
+    vec![ListenerConfig::plain(SocketAddr::from((
+        [127, 0, 0, 1],
+        2525,
+    )))]
+}
+fn default_proxy_timeout_secs() -> u64 {
+    5
+}
+fn default_max_connections_per_ip() -> usize {
+    50
+}
+fn default_tls_handshake_timeout_secs() -> u64 {
+    10
 }
 fn default_sqlite_path() -> PathBuf {
     PathBuf::from("data/gsmtpd.db")
@@ -522,6 +621,57 @@ impl Config {
         if self.listener.is_empty() {
             return bad("at least one [[listener]] is needed".into());
         }
+        for (i, l) in self.listener.iter().enumerate() {
+            if self.listener[..i]
+                .iter()
+                .any(|o| o.addr == l.addr && l.addr.port() != 0)
+            {
+                return bad(format!("listener {} appears twice", l.addr));
+            }
+            let tls = l.tls != TlsMode::None;
+            if tls && (l.tls_cert.is_none() || l.tls_key.is_none()) {
+                return bad(format!(
+                    "listener {}: tls needs tls_cert and tls_key",
+                    l.addr
+                ));
+            }
+            if l.require_tls && l.tls != TlsMode::Starttls {
+                return bad(format!(
+                    "listener {}: require_tls needs tls = \"starttls\"",
+                    l.addr
+                ));
+            }
+            if l.proxy_protocol && l.proxy_networks.is_empty() {
+                return bad(format!(
+                    "listener {}: proxy_protocol needs proxy_networks (who may send the header)",
+                    l.addr
+                ));
+            }
+            if let Some(h) = &l.hostname
+                && (h.is_empty() || h.chars().any(|c| c.is_whitespace() || c.is_control()))
+            {
+                return bad(format!(
+                    "listener {}: hostname {h:?} must be one word",
+                    l.addr
+                ));
+            }
+            for (name, v) in [
+                ("max_message_size", l.max_message_size),
+                ("command_timeout_secs", l.command_timeout_secs),
+                ("data_timeout_secs", l.data_timeout_secs),
+                ("proxy_timeout_secs", Some(l.proxy_timeout_secs)),
+            ] {
+                if v == Some(0) {
+                    return bad(format!(
+                        "listener {}: {name} must be greater than 0",
+                        l.addr
+                    ));
+                }
+            }
+        }
+        if self.tls_handshake_timeout_secs == 0 {
+            return bad("tls_handshake_timeout_secs must be greater than 0".into());
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             return bad(format!("log_level {:?}: {e}", self.log_level));
         }
@@ -581,28 +731,45 @@ impl Config {
         Ok(())
     }
 
-    /// The part of the configuration a session works with.
+    /// The part of the configuration a session works with, for the
+    /// first listener (tests and embedders with one listener).
     pub fn session_config(&self) -> SessionConfig {
+        self.session_config_for(&self.listener[0])
+    }
+
+    /// The session configuration on listener `l`: the global values with
+    /// the listener's overrides.
+    pub fn session_config_for(&self, l: &ListenerConfig) -> SessionConfig {
         SessionConfig {
-            hostname: self.hostname.clone(),
-            max_message_size: self.max_message_size,
+            hostname: l.hostname.clone().unwrap_or_else(|| self.hostname.clone()),
+            max_message_size: l.max_message_size.unwrap_or(self.max_message_size),
             max_recipients: self.max_recipients,
             max_errors: self.max_errors,
             max_line_length: self.max_line_length,
             forbid_bare_newline: self.forbid_bare_newline,
             allowed_hosts: HostMatcher::new(&self.allowed_hosts).expect("validated"),
             check_recipients: self.recipient_check.is_some(),
-            starttls: false,
-            require_tls: false,
+            starttls: l.tls == TlsMode::Starttls,
+            require_tls: l.require_tls,
         }
     }
 
-    /// Limits the connection task enforces around a session.
+    /// Limits the connection task enforces around a session, for the first
+    /// listener.
     pub fn conn_limits(&self) -> ConnLimits {
+        self.conn_limits_for(&self.listener[0])
+    }
+
+    /// Limits the connection task enforces on listener `l`.
+    pub fn conn_limits_for(&self, l: &ListenerConfig) -> ConnLimits {
         ConnLimits {
-            session: Arc::new(self.session_config()),
-            command_timeout: Duration::from_secs(self.command_timeout_secs),
-            data_timeout: Duration::from_secs(self.data_timeout_secs),
+            session: Arc::new(self.session_config_for(l)),
+            command_timeout: Duration::from_secs(
+                l.command_timeout_secs.unwrap_or(self.command_timeout_secs),
+            ),
+            data_timeout: Duration::from_secs(
+                l.data_timeout_secs.unwrap_or(self.data_timeout_secs),
+            ),
         }
     }
 }

@@ -21,9 +21,11 @@
 //! # }
 //! ```
 
+pub mod admin;
 pub mod check;
 pub mod config;
 pub mod message;
+pub mod metrics;
 pub mod pipeline;
 pub mod server;
 pub mod smtp;
@@ -31,5 +33,5 @@ pub mod store;
 
 pub use config::Config;
 pub use message::{Envelope, MessageId};
-pub use server::{Backends, run, serve};
+pub use server::{Backends, Server, ServerError, run, serve};
 pub use store::{Store, StoreError};

@@ -1,12 +1,20 @@
-//! The `gsmtpd` binary: command line → configuration → logging → run.
+//! The `gsmtpd` binary: command line → configuration → logging → server,
+//! then signals: SIGHUP reloads, SIGUSR1 reopens the log, SIGTERM and
+//! SIGINT shut down gracefully.
 
-use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::fs::File;
+use std::io::{self, IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use gsmtpd::config::Config;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, reload};
 
 /// A receive-only SMTP server that stores every message durably.
 #[derive(Debug, Parser)]
@@ -42,8 +50,8 @@ fn main() -> ExitCode {
         println!("configuration ok");
         return ExitCode::SUCCESS;
     }
-    let _log_guard = match init_logging(&config, cli.verbose) {
-        Ok(g) => g,
+    let logging = match Logging::init(&config, cli.verbose) {
+        Ok(l) => l,
         Err(e) => {
             eprintln!("gsmtpd: {e:#}");
             return ExitCode::from(2);
@@ -59,16 +67,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    let result = runtime.block_on(serve(&cli, config, &logging));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
+            drop(logging);
             eprintln!("gsmtpd: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
+/// Reads the configuration and applies the command-line overrides.
 fn load(cli: &Cli) -> Result<Config> {
     let mut config = match &cli.config {
         Some(path) => Config::load(path)?,
@@ -83,63 +94,161 @@ fn load(cli: &Cli) -> Result<Config> {
     Ok(config)
 }
 
-fn init_logging(
-    config: &Config,
-    verbose: bool,
-) -> Result<tracing_appender::non_blocking::WorkerGuard> {
-    let level = if verbose {
-        "debug"
-    } else {
-        config.log_level.as_str()
-    };
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .with_context(|| format!("log level {level:?}"))?;
-    let (writer, guard, ansi) = match &config.log_file {
-        Some(path) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("cannot open log file {}", path.display()))?;
-            let (w, g) = tracing_appender::non_blocking(file);
-            (w, g, false)
-        }
-        None => {
-            let (w, g) = tracing_appender::non_blocking(std::io::stderr());
-            (w, g, std::io::stderr().is_terminal())
-        }
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(ansi)
-        .init();
-    Ok(guard)
+/// A log file that can be reopened in place (logrotate's SIGUSR1).
+#[derive(Clone)]
+struct LogFile {
+    path: PathBuf,
+    file: Arc<Mutex<File>>,
 }
 
-async fn serve(config: Config) -> Result<()> {
-    let mut listeners = Vec::new();
-    for l in &config.listener {
-        let listener = tokio::net::TcpListener::bind(l.addr)
-            .await
-            .with_context(|| format!("cannot listen on {}", l.addr))?;
-        listeners.push(listener);
+impl LogFile {
+    fn open(path: &Path) -> io::Result<Self> {
+        Ok(Self {
+            path: path.to_owned(),
+            file: Arc::new(Mutex::new(append(path)?)),
+        })
     }
-    let shutdown = shutdown_signal()?;
+
+    fn reopen(&self) -> io::Result<()> {
+        let fresh = append(&self.path)?;
+        *self.file.lock().expect("log file lock") = fresh;
+        Ok(())
+    }
+}
+
+fn append(path: &Path) -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+impl Write for LogFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.lock().expect("log file lock").write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.lock().expect("log file lock").flush()
+    }
+}
+
+/// The installed subscriber's handles.
+struct Logging {
+    filter: reload::Handle<EnvFilter, tracing_subscriber::Registry>,
+    file: Option<LogFile>,
+    verbose: bool,
+    /// Flushes buffered lines at exit.
+    _guard: tracing_appender::non_blocking::WorkerGuard,
+}
+
+impl Logging {
+    fn init(config: &Config, verbose: bool) -> Result<Self> {
+        let level = if verbose {
+            "debug"
+        } else {
+            config.log_level.as_str()
+        };
+        let filter = EnvFilter::try_new(level).with_context(|| format!("log level {level:?}"))?;
+        let (filter, handle) = reload::Layer::new(filter);
+        let (writer, guard, file, ansi) = match &config.log_file {
+            Some(path) => {
+                let file = LogFile::open(path)
+                    .with_context(|| format!("cannot open log file {}", path.display()))?;
+                let (w, g) = tracing_appender::non_blocking(file.clone());
+                (w, g, Some(file), false)
+            }
+            None => {
+                let (w, g) = tracing_appender::non_blocking(io::stderr());
+                (w, g, None, io::stderr().is_terminal())
+            }
+        };
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(writer)
+                    .with_ansi(ansi),
+            )
+            .init();
+        Ok(Self {
+            filter: handle,
+            file,
+            verbose,
+            _guard: guard,
+        })
+    }
+
+    fn set_level(&self, level: &str) {
+        if self.verbose {
+            return;
+        }
+        match EnvFilter::try_new(level) {
+            Ok(f) => {
+                if let Err(e) = self.filter.modify(|current| *current = f) {
+                    tracing::warn!(error = %e, "cannot change the log level");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "log level unchanged"),
+        }
+    }
+}
+
+async fn serve(cli: &Cli, config: Config, logging: &Logging) -> Result<()> {
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let mut usr1 = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+
     let backends = gsmtpd::Backends::open(&config).await?;
-    gsmtpd::serve(listeners, config, backends, shutdown).await?;
+    let pid_file = config.pid_file.clone();
+    let server = gsmtpd::Server::bind(config, backends).await?;
+    if let Some(path) = &pid_file {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("cannot write pid file {}", path.display()))?;
+    }
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(cli, &server, logging).await,
+            _ = usr1.recv() => match &logging.file {
+                Some(f) => match f.reopen() {
+                    Ok(()) => tracing::info!(path = %f.path.display(), "log file reopened"),
+                    Err(e) => tracing::error!(path = %f.path.display(), error = %e, "cannot reopen the log file"),
+                },
+                None => tracing::info!("SIGUSR1: logging to standard error, nothing to reopen"),
+            },
+            _ = term.recv() => {
+                tracing::info!("SIGTERM received");
+                break;
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT received");
+                break;
+            }
+        }
+    }
+    server.shutdown().await;
+    if let Some(path) = &pid_file {
+        let _ = std::fs::remove_file(path);
+    }
     Ok(())
 }
 
-/// Resolves on SIGTERM or SIGINT.
-fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
+/// SIGHUP: read the file again, validate, swap; keep the old on error.
+async fn reload(cli: &Cli, server: &gsmtpd::Server, logging: &Logging) {
+    if cli.config.is_none() {
+        tracing::warn!("SIGHUP: started without -c, nothing to reload");
+        return;
+    }
+    let config = match load(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "reload failed, keeping the old configuration");
+            return;
         }
-    })
+    };
+    let level = config.log_level.clone();
+    match server.reload(config).await {
+        Ok(()) => logging.set_level(&level),
+        Err(e) => tracing::error!(error = %e, "reload failed, keeping the old configuration"),
+    }
 }

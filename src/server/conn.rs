@@ -43,6 +43,9 @@ impl Io for tokio::net::TcpStream {
 
 impl Io for tokio::io::DuplexStream {}
 
+/// TLS keeps its own buffers; it is read like any stream.
+impl Io for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {}
+
 /// Why a connection ended.
 #[derive(Debug)]
 pub enum CloseReason {
@@ -90,20 +93,25 @@ pub struct Services {
     /// The steps between end of data and the stores.
     pub pipeline: Arc<Pipeline>,
     /// The stores.
-    pub stores: FanOut,
+    pub stores: Arc<FanOut>,
     /// The recipient check, when configured.
     pub check: Option<Arc<RecipientCheck>>,
 }
 
-/// Runs one SMTP session over `io` until it ends.
+/// Runs one SMTP session over `io` until it ends, or until STARTTLS hands
+/// it back to the caller. `greet` is false when a session continues over
+/// TLS after STARTTLS.
 pub async fn drive<S: Io>(
     io: &mut S,
     session: &mut Session,
     limits: &ConnLimits,
     services: &Services,
     stop: &Stop,
+    greet: bool,
 ) -> CloseReason {
-    session.greeting();
+    if greet {
+        session.greeting();
+    }
     let mut input = BytesMut::new();
     loop {
         match session.advance(&mut input) {
@@ -195,6 +203,7 @@ async fn prepare(pipeline: &Arc<Pipeline>, mut envelope: Box<Envelope>) -> Envel
 async fn store(stores: &FanOut, envelope: Arc<Envelope>) -> DeliveryOutcome {
     match stores.deliver(Arc::clone(&envelope)).await {
         Ok(()) => {
+            crate::metrics::message_accepted(envelope.raw.len(), envelope.recipients.len());
             tracing::info!(
                 id = %envelope.id,
                 client = %envelope.client,
@@ -206,6 +215,7 @@ async fn store(stores: &FanOut, envelope: Arc<Envelope>) -> DeliveryOutcome {
             DeliveryOutcome::Stored
         }
         Err(e) => {
+            crate::metrics::message_rejected("store");
             tracing::warn!(
                 id = %envelope.id,
                 client = %envelope.client,
@@ -286,7 +296,7 @@ mod tests {
         let config = Config::default();
         let services = Services {
             pipeline: Arc::new(crate::pipeline::Pipeline::from_config(&config)),
-            stores,
+            stores: Arc::new(stores),
             check: None,
         };
         let limits = config.conn_limits();
@@ -299,7 +309,7 @@ mod tests {
                 tls: None,
             };
             let mut session = Session::new(Arc::clone(&limits.session), peer);
-            let reason = drive(&mut server, &mut session, &limits, &services, &stop2).await;
+            let reason = drive(&mut server, &mut session, &limits, &services, &stop2, true).await;
             (reason, session.accepted())
         });
         let (r, w) = tokio::io::split(client);

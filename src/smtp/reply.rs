@@ -142,6 +142,10 @@ pub const BARE_NEWLINE_IN_DATA: Reply = Reply::new(
 );
 pub const FORBIDDEN_COMMAND: Reply =
     Reply::new(521, "5.7.0 Error: this is an SMTP server. Goodbye.");
+pub const RATE_LIMITED: Reply = Reply::new(
+    451,
+    "4.7.1 Error: too much mail from your address, try again later",
+);
 pub const STORE_FAILED: Reply = Reply::new(
     451,
     "4.3.0 Error: temporary storage failure, try again later",
@@ -193,6 +197,14 @@ pub fn timeout(host: &str) -> Reply {
 /// The server is at its connection limit.
 pub fn too_many_connections(host: &str) -> Reply {
     Reply::owned(421, format!("4.7.0 {host} Error: too many connections"))
+}
+
+/// Too many connections from one client address.
+pub fn too_many_connections_from(host: &str) -> Reply {
+    Reply::owned(
+        421,
+        format!("4.7.0 {host} Error: too many connections from your address"),
+    )
 }
 
 /// The server is shutting down.
@@ -259,6 +271,7 @@ mod tests {
             BARE_NEWLINE_IN_DATA,
             FORBIDDEN_COMMAND,
             STORE_FAILED,
+            RATE_LIMITED,
             OK,
             MAIL_OK,
             RCPT_OK,

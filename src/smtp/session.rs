@@ -119,6 +119,13 @@ impl HostMatcher {
     }
 }
 
+/// Decides, per client address, whether another MAIL may start now (the
+/// per-client message rate). Shared state, but no IO.
+pub trait MailRate: Send + Sync + std::fmt::Debug {
+    /// Counts one MAIL from `client`; false if it is over the limit.
+    fn allow(&self, client: std::net::IpAddr) -> bool;
+}
+
 /// What the connection knows about its peer.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer {
@@ -283,6 +290,7 @@ pub struct Session {
     errors: u32,
     counts: Counts,
     accepted: u32,
+    rate: Option<Arc<dyn MailRate>>,
 }
 
 impl Session {
@@ -298,7 +306,13 @@ impl Session {
             errors: 0,
             counts: Counts::default(),
             accepted: 0,
+            rate: None,
         }
+    }
+
+    /// Limits MAIL commands with `rate` (`451 4.7.1` beyond it).
+    pub fn set_mail_rate(&mut self, rate: Arc<dyn MailRate>) {
+        self.rate = Some(rate);
     }
 
     /// Queues the `220` greeting.
@@ -636,6 +650,11 @@ impl Session {
         if self.cfg.require_tls && self.peer.tls.is_none() {
             return Err(reply::NEED_TLS);
         }
+        if let Some(rate) = &self.rate
+            && !rate.allow(self.peer.client.ip())
+        {
+            return Err(reply::RATE_LIMITED);
+        }
         if params.any && !esmtp {
             return Err(reply::PARAMS_NEED_EHLO);
         }
@@ -786,6 +805,7 @@ impl Session {
             .as_mut()
             .expect("a kept chunk belongs to a transaction");
         if tx.message.as_ref().is_some_and(|m| m.buf.overflowed()) {
+            crate::metrics::message_rejected("size");
             // The message can no longer succeed; the chunks already in the
             // pipeline get the same answer.
             tx.message = None;
@@ -807,11 +827,13 @@ impl Session {
         let tx = self.tx.as_ref().expect("DATA belongs to a transaction");
         let overflow = tx.message.as_ref().is_some_and(|m| m.buf.overflowed());
         if overflow {
+            crate::metrics::message_rejected("size");
             self.tx = None;
             self.reply(&reply::MESSAGE_TOO_BIG);
             return None;
         }
         if bare_newline && self.cfg.forbid_bare_newline {
+            crate::metrics::message_rejected("bare_newline");
             self.tx = None;
             self.error(reply::BARE_NEWLINE_IN_DATA);
             return self.is_closed().then_some(Event::Close);

@@ -72,6 +72,12 @@ pub trait Store: Send + 'static {
         &mut self,
         batch: &[Arc<Envelope>],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Checks the store can take a commit now (for `/readyz`). The default
+    /// says yes; backends that talk to a server ask it.
+    fn ping(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// The configured stores, each with its writer task.
@@ -144,6 +150,15 @@ pub struct FanOut {
 }
 
 impl FanOut {
+    /// Asks every required store whether it can commit now; the first
+    /// failure, if any.
+    pub async fn ready(&self) -> Result<(), StoreError> {
+        for d in &self.required {
+            d.ping().await?;
+        }
+        Ok(())
+    }
+
     /// Commits `envelope` to every required store; `Err` if any failed.
     pub async fn deliver(&self, envelope: Arc<Envelope>) -> Result<(), StoreError> {
         for o in &self.optional {

@@ -228,6 +228,21 @@ impl Store for SqliteStore {
         NAME
     }
 
+    async fn ping(&mut self) -> Result<(), StoreError> {
+        // A read through the writer's connection: cheap, never waits for a lock.
+        let conn = match &self.conn {
+            Some(c) => c,
+            None => {
+                return Err(StoreError::transient(
+                    NAME,
+                    "connection lost, reopening at next commit",
+                ));
+            }
+        };
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
+            .map_err(classify)
+    }
+
     async fn commit(&mut self, batch: &[Arc<Envelope>]) -> Result<(), StoreError> {
         let mut conn = match self.conn.take() {
             Some(c) => c,

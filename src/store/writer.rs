@@ -14,10 +14,15 @@ use tokio::task::JoinHandle;
 use super::{Store, StoreError};
 use crate::message::Envelope;
 
-struct Job {
-    envelope: Arc<Envelope>,
-    /// `None` for an optional store: nobody waits for its verdict.
-    ack: Option<oneshot::Sender<Result<(), StoreError>>>,
+enum Job {
+    /// A message to commit.
+    Message {
+        envelope: Arc<Envelope>,
+        /// `None` for an optional store: nobody waits for its verdict.
+        ack: Option<oneshot::Sender<Result<(), StoreError>>>,
+    },
+    /// A readiness check, answered between batches.
+    Ping(oneshot::Sender<Result<(), StoreError>>),
 }
 
 /// A connection's handle to one store writer; cheap to clone.
@@ -55,7 +60,7 @@ impl Delivery {
     pub async fn submit(&self, envelope: Arc<Envelope>) -> Result<Pending, StoreError> {
         let (ack, done) = oneshot::channel();
         self.tx
-            .send(Job {
+            .send(Job::Message {
                 envelope,
                 ack: Some(ack),
             })
@@ -67,6 +72,21 @@ impl Delivery {
         })
     }
 
+    /// Asks the store, through its writer, whether it can commit now.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send(Job::Ping(ack))
+            .await
+            .map_err(|_| StoreError::transient(self.store, "writer has stopped"))?;
+        Pending {
+            done,
+            store: self.store,
+        }
+        .wait()
+        .await
+    }
+
     /// Queues `envelope` and waits until it is committed or failed.
     pub async fn deliver(&self, envelope: Arc<Envelope>) -> Result<(), StoreError> {
         self.submit(envelope).await?.wait().await
@@ -76,7 +96,7 @@ impl Delivery {
     /// queue is full the message is not written there, and that is logged.
     pub fn offer(&self, envelope: Arc<Envelope>) {
         let id = envelope.id;
-        if let Err(e) = self.tx.try_send(Job {
+        if let Err(e) = self.tx.try_send(Job::Message {
             envelope,
             ack: None,
         }) {
@@ -115,10 +135,36 @@ pub fn spawn<S: Store>(store: S, queue_size: usize, max_batch: usize) -> (Delive
 async fn run<S: Store>(mut store: S, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
     let mut jobs = Vec::with_capacity(max_batch);
     let mut batch = Vec::with_capacity(max_batch);
+    let mut acks = Vec::with_capacity(max_batch);
+    let mut pings = Vec::new();
     while rx.recv_many(&mut jobs, max_batch).await > 0 {
-        batch.extend(jobs.iter().map(|j| Arc::clone(&j.envelope)));
+        crate::metrics::store_queue_depth(store.name(), rx.len());
+        for job in jobs.drain(..) {
+            match job {
+                Job::Message { envelope, ack } => {
+                    batch.push(envelope);
+                    acks.push(ack);
+                }
+                Job::Ping(ack) => pings.push(ack),
+            }
+        }
+        for ack in pings.drain(..) {
+            let _ = ack.send(store.ping().await);
+        }
+        if batch.is_empty() {
+            continue;
+        }
         let started = std::time::Instant::now();
         let result = store.commit(&batch).await;
+        crate::metrics::store_commit(
+            store.name(),
+            batch.len(),
+            started.elapsed().as_secs_f64(),
+            result.as_ref().err().map(|e| match e.kind {
+                super::ErrorKind::Transient => "transient",
+                super::ErrorKind::Permanent => "permanent",
+            }),
+        );
         match &result {
             Ok(()) => tracing::debug!(
                 store = store.name(),
@@ -135,12 +181,10 @@ async fn run<S: Store>(mut store: S, mut rx: mpsc::Receiver<Job>, max_batch: usi
             ),
         }
         batch.clear();
-        for job in jobs.drain(..) {
-            // A connection that went away no longer waits; its message is
-            // stored all the same.
-            if let Some(ack) = job.ack {
-                let _ = ack.send(result.clone());
-            }
+        // A connection that went away no longer waits; its message is
+        // stored all the same.
+        for ack in acks.drain(..).flatten() {
+            let _ = ack.send(result.clone());
         }
     }
 }

@@ -45,6 +45,8 @@ pub fn test_config(db: &Path) -> Config {
         r#"
         hostname = "mx.test"
         allowed_hosts = ["example.com", "*.example.org"]
+        # Every test client comes from 127.0.0.1.
+        max_connections_per_ip = 0
         [[listener]]
         addr = "127.0.0.1:0"
         "#,

@@ -19,6 +19,7 @@ fn write_config(dir: &Path, db: &Path) -> PathBuf {
         &path,
         format!(
             "hostname = \"mx.test\"\nallowed_hosts = [\"*\"]\nshutdown_timeout_secs = 5\n\
+             max_connections_per_ip = 0\n\
              [[listener]]\naddr = \"127.0.0.1:0\"\n[store]\nkind = \"sqlite\"\npath = {:?}\n",
             db
         ),
