@@ -446,6 +446,10 @@ pub struct MemcachedConfig {
     /// Connect and command timeout; past it the message gets `451`.
     #[serde(default = "default_db_timeout_secs")]
     pub timeout_secs: u64,
+    /// Largest message cached, in octets; larger ones are logged and not
+    /// sent (memcached refuses items above its `-I` limit, 1 MiB by default).
+    #[serde(default = "default_max_value_size")]
+    pub max_value_size: usize,
 }
 
 impl Default for SqliteConfig {
@@ -551,6 +555,9 @@ fn default_redis_prefix() -> String {
 }
 fn default_ttl_secs() -> u64 {
     86_400
+}
+fn default_max_value_size() -> usize {
+    1_048_576
 }
 
 impl Default for Config {
@@ -996,6 +1003,23 @@ mod tests {
         assert_eq!(kinds, ["sqlite", "mysql", "postgres", "redis", "memcached"]);
         assert!(c.recipient_check.is_some());
         assert_eq!(c.primary_mail_host.as_deref(), Some("example.com"));
+    }
+
+    #[cfg(feature = "memcached")]
+    #[test]
+    fn memcached_max_value_size_defaults_to_memcached_item_limit() {
+        let store = |extra: &str| {
+            let c = Config::from_toml(&format!(
+                "[[store]]\nkind = \"sqlite\"\n[[store]]\nkind = \"memcached\"\nurl = \"tcp://127.0.0.1:11211\"\n{extra}"
+            ))
+            .unwrap();
+            match &c.store[1].backend {
+                Backend::Memcached(m) => m.clone(),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(store("").max_value_size, 1_048_576);
+        assert_eq!(store("max_value_size = 4096").max_value_size, 4096);
     }
 
     #[test]

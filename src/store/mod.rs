@@ -7,6 +7,10 @@ use std::sync::Arc;
 
 use crate::message::Envelope;
 
+#[cfg(feature = "memcached")]
+pub mod memcached;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 pub mod writer;
@@ -112,6 +116,12 @@ impl Stores {
             match &cfg.backend {
                 #[cfg(feature = "sqlite")]
                 Backend::Sqlite(c) => stores.add(sqlite::SqliteStore::open(c)?, cfg),
+                #[cfg(feature = "redis")]
+                Backend::Redis(c) => stores.add(self::redis::RedisStore::connect(c).await?, cfg),
+                #[cfg(feature = "memcached")]
+                Backend::Memcached(c) => {
+                    stores.add(memcached::MemcachedStore::connect(c).await?, cfg)
+                }
                 #[allow(unreachable_patterns)]
                 other => {
                     return Err(StoreError::permanent(

@@ -3,6 +3,7 @@
 
 mod check;
 mod harness;
+mod kv;
 mod process;
 mod smtp;
 mod store;
