@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use crate::message::Envelope;
 
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 pub mod writer;
@@ -106,6 +108,8 @@ impl Stores {
             match &cfg.backend {
                 #[cfg(feature = "sqlite")]
                 Backend::Sqlite(c) => stores.add(sqlite::SqliteStore::open(c)?, cfg),
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(c) => stores.add(postgres::PostgresStore::connect(c).await?, cfg),
                 #[allow(unreachable_patterns)]
                 other => {
                     return Err(StoreError::permanent(
