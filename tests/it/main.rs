@@ -2,6 +2,10 @@
 //! to over real TCP, with the real SQLite store read back.
 
 mod harness;
+#[cfg(feature = "postgres")]
+mod pgproxy;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod process;
 mod smtp;
 mod store;
