@@ -27,6 +27,11 @@ enum Lookup {
         conn: Arc<Mutex<rusqlite::Connection>>,
         query: Arc<str>,
     },
+    #[cfg(feature = "postgres")]
+    Postgres {
+        pool: sqlx::PgPool,
+        query: sqlx::SqlStr,
+    },
 }
 
 /// A configured recipient check.
@@ -75,6 +80,8 @@ impl RecipientCheck {
                     query: check.query.as_str().into(),
                 })
             }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(c) => postgres_lookup(c, check).await,
             #[allow(unreachable_patterns)]
             other => Err(StoreError::permanent(
                 "check",
@@ -135,8 +142,60 @@ impl RecipientCheck {
                 .await
                 .map_err(|e| e.to_string())?
             }
+            #[cfg(feature = "postgres")]
+            Lookup::Postgres { pool, query } => sqlx::query(query.clone())
+                .bind(address)
+                .fetch_optional(pool)
+                .await
+                .map(|row| row.is_some())
+                .map_err(|e| e.to_string()),
         }
     }
+}
+
+/// A pool of its own (the store's belongs to its writer) and the query,
+/// checked now so a wrong one stops the start instead of answering every
+/// RCPT `451`.
+#[cfg(feature = "postgres")]
+async fn postgres_lookup(
+    cfg: &crate::config::PostgresConfig,
+    check: &RecipientCheckConfig,
+) -> Result<Lookup, StoreError> {
+    use sqlx::{Connection as _, Either, Executor as _, SqlSafeStr as _, Statement as _, Type};
+    // RCPTs of many connections look up at once; a few connections serve
+    // them, and a lookup that waits longer than timeout_ms fails anyway.
+    let pool =
+        crate::store::postgres::connect_pool(cfg, 4, Duration::from_millis(check.timeout_ms))
+            .await?;
+    let query = sqlx::AssertSqlSafe(check.query.as_str()).into_sql_str();
+    let bad = |why: String| StoreError::permanent("check", format!("query: {why}"));
+    let failed = |e: sqlx::Error| bad(e.to_string());
+    let mut conn = pool.acquire().await.map_err(failed)?;
+    // A connection caches a statement by its text alone, whatever types it
+    // was prepared with: the cache is emptied after each prepare, so the
+    // second reaches the server and the lookups later prepare their own.
+    // Untyped first, so PostgreSQL says how many parameters it sees...
+    let st = (&mut *conn).prepare(query.clone()).await.map_err(failed)?;
+    conn.clear_cached_statements().await.map_err(failed)?;
+    let params = match st.parameters() {
+        Some(Either::Left(types)) => types.len(),
+        Some(Either::Right(n)) => n,
+        None => 0,
+    };
+    if params != 1 {
+        return Err(bad(format!(
+            "needs exactly one parameter ($1, the address), has {params}"
+        )));
+    }
+    // ...then with $1 as the text we bind, so a type mismatch shows now.
+    let text = <&str as Type<sqlx::Postgres>>::type_info();
+    (&mut *conn)
+        .prepare_with(query.clone(), &[text])
+        .await
+        .map_err(failed)?;
+    conn.clear_cached_statements().await.map_err(failed)?;
+    drop(conn);
+    Ok(Lookup::Postgres { pool, query })
 }
 
 fn verdict(known: bool) -> RecipientVerdict {

@@ -9,6 +9,8 @@ use crate::message::Envelope;
 
 #[cfg(feature = "memcached")]
 pub mod memcached;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "sqlite")]
@@ -122,6 +124,8 @@ impl Stores {
                 Backend::Memcached(c) => {
                     stores.add(memcached::MemcachedStore::connect(c).await?, cfg)
                 }
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(c) => stores.add(postgres::PostgresStore::connect(c).await?, cfg),
                 #[allow(unreachable_patterns)]
                 other => {
                     return Err(StoreError::permanent(

@@ -16,7 +16,15 @@ use tokio::task::JoinHandle;
 /// Unset: the test is skipped and says so. Set: the service must answer,
 /// or the test fails.
 // Only tests behind backend features call it; a default build has none.
-#[cfg_attr(not(any(feature = "redis", feature = "memcached")), allow(dead_code))]
+#[cfg_attr(
+    not(any(
+        feature = "mysql",
+        feature = "postgres",
+        feature = "redis",
+        feature = "memcached"
+    )),
+    allow(dead_code)
+)]
 pub fn service_url(var: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(url) if !url.is_empty() => Some(url),

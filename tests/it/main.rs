@@ -4,6 +4,10 @@
 mod check;
 mod harness;
 mod kv;
+#[cfg(feature = "postgres")]
+mod pgproxy;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod process;
 mod smtp;
 mod store;
