@@ -707,6 +707,18 @@ impl Config {
         }
         for s in &self.store {
             let kind = s.backend.kind();
+            let zero = match &s.backend {
+                Backend::Sqlite(_) => None,
+                Backend::Mysql(c) => (c.timeout_secs == 0).then_some("timeout_secs"),
+                Backend::Postgres(c) => (c.timeout_secs == 0).then_some("timeout_secs"),
+                Backend::Redis(c) => (c.timeout_secs == 0).then_some("timeout_secs"),
+                Backend::Memcached(c) => (c.timeout_secs == 0)
+                    .then_some("timeout_secs")
+                    .or((c.max_value_size == 0).then_some("max_value_size")),
+            };
+            if let Some(key) = zero {
+                return bad(format!("store {kind:?}: {key} must be greater than 0"));
+            }
             if !s.backend.compiled_in() {
                 return bad(format!(
                     "store kind {kind:?} is not compiled in; build with --features {kind}"
