@@ -183,6 +183,22 @@ impl Store for MemcachedStore {
         NAME
     }
 
+    /// A cheap write of an empty item that expires at once: proves the
+    /// server takes writes on a working connection.
+    async fn ping(&mut self) -> Result<(), StoreError> {
+        let probe: [(&str, &[u8]); 1] = [("gsmtpd-readyz", b"")];
+        match tokio::time::timeout(self.timeout, self.write(&probe, -1)).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.client = None;
+                Err(StoreError::transient(
+                    NAME,
+                    format!("no answer within {} s", self.timeout.as_secs()),
+                ))
+            }
+        }
+    }
+
     async fn commit(&mut self, batch: &[Arc<Envelope>]) -> Result<(), StoreError> {
         let items = self.items(batch);
         if items.is_empty() {

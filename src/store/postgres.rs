@@ -501,6 +501,23 @@ impl Store for PostgresStore {
         NAME
     }
 
+    async fn ping(&mut self) -> Result<(), StoreError> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| context("no connection", e))?;
+        match tokio::time::timeout(self.timeout, sqlx::query("SELECT 1").execute(&mut *conn)).await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(context("ping failed", e)),
+            Err(_) => Err(StoreError::transient(
+                NAME,
+                format!("no answer within {} s", self.timeout.as_secs()),
+            )),
+        }
+    }
+
     /// One attempt, never retried here: a failure answers `451` and the
     /// client retries. A retry of our own could not be safe anyway: when
     /// the connection fails after COMMIT was sent, the batch may or may not

@@ -164,6 +164,18 @@ impl Store for RedisStore {
         NAME
     }
 
+    async fn ping(&mut self) -> Result<(), StoreError> {
+        let ping = ::redis::cmd("PING");
+        match tokio::time::timeout(self.timeout, ping.query_async::<()>(&mut self.conn)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(classify(&e)),
+            Err(_) => Err(StoreError::transient(
+                NAME,
+                format!("no answer within {} s", self.timeout.as_secs()),
+            )),
+        }
+    }
+
     async fn commit(&mut self, batch: &[Arc<Envelope>]) -> Result<(), StoreError> {
         let tx = self.transaction(batch).await?;
         let conn = &mut self.conn;

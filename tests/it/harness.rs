@@ -9,7 +9,6 @@ use gsmtpd::config::{Backend, Config, SqliteConfig, StoreConfig};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// The URL of a test service from the environment (`.ci/run` sets them).
@@ -40,10 +39,15 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A running server and its database.
 pub struct Server {
+    /// The first listener's address.
     pub addr: SocketAddr,
+    /// Every listener's address, in configuration order.
+    pub addrs: Vec<SocketAddr>,
     pub db: PathBuf,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<std::io::Result<()>>>,
+    /// The configuration it runs with (reload edits a copy of it).
+    pub config: Config,
+    server: Option<gsmtpd::Server>,
+    stopping: Option<JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
 
@@ -89,27 +93,43 @@ impl Server {
             _ => db,
         };
         let backends = gsmtpd::Backends::open(&config).await.unwrap();
-        let listener = tokio::net::TcpListener::bind(config.listener[0].addr)
+        let server = gsmtpd::Server::bind(config.clone(), backends)
             .await
             .unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(gsmtpd::serve(vec![listener], config, backends, async {
-            let _ = stopped.await;
-        }));
+        let addrs = server.local_addrs();
         Self {
-            addr,
+            addr: addrs[0],
+            addrs,
             db,
-            stop: Some(stop),
-            task: Some(task),
+            config,
+            server: Some(server),
+            stopping: None,
             _dir: dir,
         }
     }
 
+    /// The running server (until shutdown begins).
+    pub fn server(&self) -> &gsmtpd::Server {
+        self.server.as_ref().expect("server running")
+    }
+
+    /// Reloads with a copy of the configuration edited by `tweak`.
+    pub async fn reload(
+        &mut self,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Result<(), gsmtpd::ServerError> {
+        let mut config = self.config.clone();
+        tweak(&mut config);
+        self.server().reload(config.clone()).await?;
+        self.config = config;
+        self.addrs = self.server().local_addrs();
+        Ok(())
+    }
+
     /// Starts a graceful shutdown without waiting for it.
     pub fn begin_shutdown(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
+        if let Some(s) = self.server.take() {
+            self.stopping = Some(tokio::spawn(s.shutdown()));
         }
     }
 
@@ -121,11 +141,10 @@ impl Server {
 
     /// Waits for a shutdown begun earlier to complete.
     pub async fn finished(&mut self) {
-        if let Some(t) = self.task.take() {
+        if let Some(t) = self.stopping.take() {
             tokio::time::timeout(Duration::from_secs(60), t)
                 .await
                 .expect("server stops within 60 s")
-                .unwrap()
                 .unwrap();
         }
     }
@@ -221,6 +240,14 @@ impl Client {
         }
     }
 
+    /// The socket, for a TLS handshake after STARTTLS.
+    pub fn into_stream(self) -> TcpStream {
+        self.r
+            .into_inner()
+            .reunite(self.w)
+            .expect("halves of one stream")
+    }
+
     pub async fn send(&mut self, bytes: impl AsRef<[u8]>) {
         self.w.write_all(bytes.as_ref()).await.unwrap();
     }
@@ -296,6 +323,22 @@ impl Client {
             tokio::time::timeout(REPLY_TIMEOUT, self.r.read_to_end(&mut rest)).await,
             Ok(Ok(_))
         ) && rest.is_empty()
+    }
+
+    /// Waits for the server to close the connection; returns what it sent
+    /// before closing (a TLS alert, say). Fails if it stays open.
+    pub async fn wait_closed(&mut self) -> Vec<u8> {
+        let mut rest = Vec::new();
+        match tokio::time::timeout(REPLY_TIMEOUT, self.r.read_to_end(&mut rest))
+            .await
+            .expect("the server closes the connection")
+        {
+            Ok(_) => {}
+            // Closing with unread input makes the kernel send a reset.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("reading until EOF: {e}"),
+        }
+        rest
     }
 
     /// Reads whatever arrives until EOF.

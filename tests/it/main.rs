@@ -9,5 +9,7 @@ mod pgproxy;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod process;
+mod production;
 mod smtp;
 mod store;
+mod tls;
