@@ -479,6 +479,45 @@ write(
     has_attach=False,
 )
 
+html = "<p>Cut inside <b>two</b> open multiparts.</p>\r\n"
+write(
+    "unclosed_nested_base64",
+    "mixed > alternative > (plain, base64 HTML), cut short before either\n"
+    "closing delimiter: both multiparts are closed for the sender, innermost\n"
+    "first, so the HTML is base64-decoded rather than kept as raw base64.",
+    crlf(
+        "From: cut2@mailer.test\n"
+        "To: victim@example.com\n"
+        "Subject: Cut twice\n"
+        "Date: Wed, 3 Jan 2024 11:14:15 +0000\n"
+        "Message-ID: <cut-twice@mailer.test>\n"
+        "MIME-Version: 1.0\n"
+        "Content-Type: multipart/mixed; boundary=\"m\"\n"
+        "\n"
+        "--m\n"
+        "Content-Type: multipart/alternative; boundary=\"a\"\n"
+        "\n"
+        "--a\n"
+        "Content-Type: text/plain; charset=us-ascii\n"
+        "\n"
+        "Cut inside two open multiparts.\n"
+        "--a\n"
+        "Content-Type: text/html; charset=us-ascii\n"
+        "Content-Transfer-Encoding: base64\n"
+        "\n"
+    ).encode("ascii")
+    + b64(html.encode("ascii")).encode("ascii"),
+    **{"from": "cut2@mailer.test"},
+    to="victim@example.com",
+    date="2024-01-03T11:14:15Z",
+    message_id="cut-twice@mailer.test",
+    subject="Cut twice",
+    body=html,
+    charset="us-ascii",
+    content_type="text/html",
+    has_attach=False,
+)
+
 # --- no MIME at all -------------------------------------------------------------
 body = crlf("Hello,\n\nThis message has no MIME headers at all.\n\n-- \nA. Sender\n")
 write(
@@ -554,6 +593,108 @@ write(
     body="Très cher ami, ça va?\r\n",
     has_attach=False,
     **DEFAULTS,
+)
+
+write(
+    "latin1_undeclared_part",
+    "mixed: a text/plain part with no charset parameter, quoted-printable\n"
+    "Latin-1 bytes, and a zip attachment: the body is read in the default\n"
+    "charset.",
+    crlf(
+        "From: agence@immo.test\n"
+        "To: client@example.com\n"
+        "Subject: Photos\n"
+        "Date: Thu, 7 Mar 2024 15:16:17 +0100\n"
+        "Message-ID: <photos-3@immo.test>\n"
+        "MIME-Version: 1.0\n"
+        "Content-Type: multipart/mixed; boundary=\"zz\"\n"
+        "\n"
+        "--zz\n"
+        "Content-Type: text/plain\n"
+        "Content-Transfer-Encoding: quoted-printable\n"
+        "\n"
+        "Fa=E7ade r=E9nov=E9e, voir pi=E8ce jointe.\n"
+        "\n"
+        "--zz\n"
+        "Content-Type: application/zip; name=photos.zip\n"
+        "Content-Transfer-Encoding: base64\n"
+        "\n"
+        "UEsFBgAAAAAAAAAAAAAAAAAAAAAAAA==\n"
+        "--zz--\n"
+    ).encode("ascii"),
+    **{"from": "agence@immo.test"},
+    to="client@example.com",
+    date="2024-03-07T15:16:17+01:00",
+    message_id="photos-3@immo.test",
+    subject="Photos",
+    body="Façade rénovée, voir pièce jointe.\r\n",
+    has_attach=True,
+    **DEFAULTS,
+)
+
+write(
+    "unknown_charset",
+    "charset=unknown-8bit (a label no decoder knows) on Latin-1 bytes: the\n"
+    "declared label is recorded, the bytes are read as ISO-8859-1.",
+    crlf(
+        "From: old@relay.test\n"
+        "To: you@example.com\n"
+        "Subject: Ready\n"
+        "Date: Fri, 8 Mar 2024 09:00:00 +0000\n"
+        "Message-ID: <ready@relay.test>\n"
+        "MIME-Version: 1.0\n"
+        "Content-Type: text/plain; charset=unknown-8bit\n"
+        "Content-Transfer-Encoding: 8bit\n"
+        "\n"
+        "Pr\xeat \xe0 partir.\n"
+    ).encode("latin-1"),
+    **{"from": "old@relay.test"},
+    to="you@example.com",
+    date="2024-03-08T09:00:00Z",
+    message_id="ready@relay.test",
+    subject="Ready",
+    body="Prêt à partir.\r\n",
+    charset="unknown-8bit",
+    content_type="text/plain",
+    has_attach=False,
+)
+
+write(
+    "related_inline_image",
+    "multipart/related: HTML and an image it shows inline (Content-Disposition:\n"
+    "inline). Following RFC 8621's hasAttachment, an inline part is not an\n"
+    "attachment.",
+    crlf(
+        "From: card@greetings.test\n"
+        "To: friend@example.com\n"
+        "Subject: A card for you\n"
+        "Date: Tue, 14 Feb 2023 08:00:00 +0100\n"
+        "Message-ID: <card-214@greetings.test>\n"
+        "MIME-Version: 1.0\n"
+        "Content-Type: multipart/related; boundary=\"rel\"; type=\"text/html\"\n"
+        "\n"
+        "--rel\n"
+        "Content-Type: text/html; charset=utf-8\n"
+        "\n"
+        "<p>♥ <img src=\"cid:heart\"></p>\n"
+        "--rel\n"
+        "Content-Type: image/gif\n"
+        "Content-ID: <heart>\n"
+        "Content-Disposition: inline\n"
+        "Content-Transfer-Encoding: base64\n"
+        "\n"
+        "R0lGODlhAQABAAAAACw=\n"
+        "--rel--\n"
+    ).encode("utf-8"),
+    **{"from": "card@greetings.test"},
+    to="friend@example.com",
+    date="2023-02-14T08:00:00+01:00",
+    message_id="card-214@greetings.test",
+    subject="A card for you",
+    body="<p>♥ <img src=\"cid:heart\"></p>",
+    charset="utf-8",
+    content_type="text/html",
+    has_attach=False,
 )
 
 # --- degenerate shapes ----------------------------------------------------------

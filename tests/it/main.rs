@@ -2,6 +2,7 @@
 //! to over real TCP, with the real SQLite store read back.
 
 mod harness;
+mod mime;
 mod process;
 mod smtp;
 mod store;
