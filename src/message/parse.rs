@@ -4,8 +4,24 @@
 //! Parsing never fails a message: whatever cannot be read falls back to an
 //! empty value or the reference defaults, and the raw message is stored
 //! regardless.
+//!
+//! Three pieces of glue sit on top of mail-parser, each proven by a case in
+//! `tests/corpus/`:
+//! - bytes that are not UTF-8 in the header, in a body part without a
+//!   charset mail-parser knows, or after the header of a message with no
+//!   readable part are read in the reference's default charset, ISO-8859-1,
+//!   where mail-parser would write U+FFFD;
+//! - a message cut short before its closing delimiters is closed and parsed
+//!   again, so its last part is still a body (mail-parser gives up on it);
+//! - `has_attach` follows RFC 8621's `hasAttachment`, so an inline image or
+//!   a multipart whose boundary never appears is not an attachment.
 
-use mail_parser::{MessageParser, MimeHeaders, PartType};
+use std::borrow::Cow;
+
+use mail_parser::decoders::base64::base64_decode;
+use mail_parser::decoders::charsets::map::charset_decoder;
+use mail_parser::decoders::quoted_printable::quoted_printable_decode;
+use mail_parser::{Encoding, Message, MessageParser, MessagePart, MimeHeaders, PartType};
 use md5::{Digest, Md5};
 
 /// The charset recorded when a body part declares none (the reference's default).
@@ -29,11 +45,14 @@ pub struct Parsed {
     /// The preferred body: a non-empty HTML part, else the plain-text part,
     /// else everything after the header; transfer-decoded, in UTF-8.
     pub body: String,
-    /// The charset the preferred body part declared.
+    /// The charset the preferred body part declared, as written;
+    /// [`DEFAULT_CHARSET`] when it declared none or there is no such part.
     pub charset: String,
-    /// The content type of the preferred body part, e.g. `text/html`.
+    /// The content type of the preferred body part, lower-cased, e.g.
+    /// `text/html`; [`DEFAULT_CONTENT_TYPE`] when there is no such part.
     pub content_type: String,
-    /// The message has attachments.
+    /// The message has a part that is neither a body nor marked
+    /// `Content-Disposition: inline` (RFC 8621's `hasAttachment`).
     pub has_attach: bool,
 }
 
@@ -55,13 +74,69 @@ impl Default for Parsed {
 
 /// Parses `content` (the message as the client sent it).
 pub fn parse(content: &[u8]) -> Parsed {
-    let Some(msg) = MessageParser::default().parse(content) else {
+    let parser = MessageParser::default();
+    let Some(first) = parser.parse(content) else {
         return Parsed {
-            body: String::from_utf8_lossy(after_header(content)).into_owned(),
+            body: utf8_or_latin1(after_header(content)).into_owned(),
             ..Parsed::default()
         };
     };
-    let mut p = Parsed {
+    let closed = close_open_multiparts(content, &first);
+    let msg = match closed.as_deref().and_then(|c| parser.parse(c)) {
+        Some(repaired) => repaired,
+        None => first,
+    };
+
+    // Raw 8-bit header bytes that are not UTF-8 are read in the default
+    // charset; mail-parser would turn each of them into U+FFFD.
+    let header = &content[..(msg.root_part().offset_body as usize).min(content.len())];
+    let mut p = match std::str::from_utf8(header) {
+        Ok(_) => header_fields(&msg),
+        Err(_) => {
+            let header = utf8_or_latin1(header);
+            match parser.parse_headers(header.as_bytes()) {
+                Some(h) => header_fields(&h),
+                None => header_fields(&msg),
+            }
+        }
+    };
+    p.has_attach = msg.attachments().any(is_attachment);
+
+    // The original's choice: HTML if there is a non-empty HTML part, else
+    // the plain text, else everything after the header.
+    let html = msg
+        .html_bodies()
+        .find(|part| matches!(&part.body, PartType::Html(h) if !h.trim().is_empty()));
+    let text = || {
+        msg.text_bodies()
+            .find(|part| matches!(&part.body, PartType::Text(_)))
+    };
+    match html.or_else(text) {
+        Some(part) => {
+            p.body = body_text(msg.raw_message(), part);
+            if let Some(ct) = part.content_type() {
+                p.content_type = match ct.subtype() {
+                    Some(sub) => format!("{}/{}", ct.ctype(), sub),
+                    None => ct.ctype().to_owned(),
+                }
+                .to_ascii_lowercase();
+                if let Some(cs) = ct.attribute("charset") {
+                    p.charset = cs.to_owned();
+                }
+            }
+        }
+        None => {
+            // Offsets of the original bytes: a repair only appends.
+            let start = (msg.root_part().raw_body_offset() as usize).min(content.len());
+            p.body = utf8_or_latin1(&content[start..]).into_owned();
+        }
+    }
+    p
+}
+
+/// The fields read from the top-level header alone.
+fn header_fields(msg: &Message<'_>) -> Parsed {
+    Parsed {
         from: msg
             .from()
             .and_then(|a| a.first())
@@ -80,40 +155,97 @@ pub fn parse(content: &[u8]) -> Parsed {
         date: msg.date().map(|d| d.to_rfc3339()).unwrap_or_default(),
         message_id: msg.message_id().unwrap_or_default().to_owned(),
         subject: msg.subject().unwrap_or_default().to_owned(),
-        has_attach: msg.attachment_count() > 0,
         ..Parsed::default()
-    };
+    }
+}
 
-    // The original's choice: HTML if there is a non-empty HTML part, else
-    // the plain text, else everything after the header.
-    let html = msg
-        .html_bodies()
-        .find(|part| matches!(&part.body, PartType::Html(h) if !h.trim().is_empty()));
-    let text = || {
-        msg.text_bodies()
-            .find(|part| matches!(&part.body, PartType::Text(_)))
+/// A message cut short leaves its multiparts open, and mail-parser then
+/// gives up on the last part: an HTML part becomes an attachment, a base64
+/// part stays encoded. The sender meant the part to end where the message
+/// ends, so the missing close delimiters are appended, innermost first,
+/// for a second parse. `None` when nothing needs closing.
+fn close_open_multiparts(content: &[u8], msg: &Message<'_>) -> Option<Vec<u8>> {
+    // Only a part that ran into trouble can be the victim of an open
+    // multipart; this keeps the search off well-formed mail.
+    if !msg.parts.iter().any(|part| part.is_encoding_problem) {
+        return None;
+    }
+    let open: Vec<&str> = msg
+        .parts
+        .iter()
+        .filter(|part| matches!(part.body, PartType::Multipart(_)))
+        .filter_map(|part| part.content_type()?.attribute("boundary"))
+        .filter(|b| memchr::memmem::find(content, format!("--{b}--").as_bytes()).is_none())
+        .collect();
+    if open.is_empty() {
+        return None;
+    }
+    let mut closed = content.to_vec();
+    // Parts are listed outermost first.
+    for boundary in open.iter().rev() {
+        closed.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    }
+    Some(closed)
+}
+
+/// RFC 8621's `hasAttachment`: a part that is not a body counts unless it
+/// says `Content-Disposition: inline` (an image the HTML shows). A
+/// multipart whose boundary never appears is not a file either: it is the
+/// unreadable body itself.
+fn is_attachment(part: &MessagePart<'_>) -> bool {
+    let inline = part.content_disposition().is_some_and(|d| d.is_inline());
+    let lost_multipart = part
+        .content_type()
+        .is_some_and(|ct| ct.ctype().eq_ignore_ascii_case("multipart"))
+        && !matches!(part.body, PartType::Multipart(_));
+    !inline && !lost_multipart
+}
+
+/// The text of a body part. mail-parser reads a part that declares no
+/// charset (or one it does not know) as UTF-8, replacing what is not; the
+/// reference's default charset says those bytes are ISO-8859-1, so such a
+/// part is transfer-decoded again and read that way.
+fn body_text(raw: &[u8], part: &MessagePart<'_>) -> String {
+    let text = part.text_contents().unwrap_or_default();
+    let known_charset = part
+        .content_type()
+        .and_then(|ct| ct.attribute("charset"))
+        .is_some_and(|cs| charset_decoder(cs.as_bytes()).is_some());
+    if known_charset || !text.contains(char::REPLACEMENT_CHARACTER) {
+        return text.to_owned();
+    }
+    let Some(encoded) = raw.get(part.offset_body as usize..part.offset_end as usize) else {
+        return text.to_owned();
     };
-    match html.or_else(text) {
-        Some(part) => {
-            p.body = part.text_contents().unwrap_or_default().to_owned();
-            if let Some(ct) = part.content_type() {
-                p.content_type = match ct.subtype() {
-                    Some(sub) => format!("{}/{}", ct.ctype(), sub),
-                    None => ct.ctype().to_owned(),
-                }
-                .to_ascii_lowercase();
-                if let Some(cs) = ct.attribute("charset") {
-                    p.charset = cs.to_owned();
-                }
-            }
-        }
-        None => {
-            let raw = msg.raw_message();
-            let start = (msg.root_part().raw_body_offset() as usize).min(raw.len());
-            p.body = String::from_utf8_lossy(&raw[start..]).into_owned();
+    let decoded = match part.encoding {
+        Encoding::Base64 => base64_decode(encoded).map(Cow::Owned),
+        Encoding::QuotedPrintable => quoted_printable_decode(encoded).map(Cow::Owned),
+        Encoding::None => Some(Cow::Borrowed(encoded)),
+    };
+    match decoded {
+        Some(bytes) => utf8_or_latin1(&bytes).into_owned(),
+        None => text.to_owned(),
+    }
+}
+
+/// `bytes` as UTF-8 where they are UTF-8, and in the default charset where
+/// they are not. ISO-8859-1 is read as windows-1252, as mail-parser (after
+/// WHATWG) reads a declared ISO-8859-1: the C1 controls it would give are
+/// never what a sender meant.
+fn utf8_or_latin1(bytes: &[u8]) -> Cow<'_, str> {
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        return Cow::Borrowed(text);
+    }
+    let latin1 = charset_decoder(DEFAULT_CHARSET.as_bytes());
+    let mut text = String::with_capacity(bytes.len() + bytes.len() / 2);
+    for chunk in bytes.utf8_chunks() {
+        text.push_str(chunk.valid());
+        match latin1 {
+            Some(decode) => text.push_str(&decode(chunk.invalid())),
+            None => text.extend(chunk.invalid().iter().copied().map(char::from)),
         }
     }
-    p
+    Cow::Owned(text)
 }
 
 /// Everything after the first empty line, or nothing if there is none.
@@ -173,6 +305,35 @@ mod tests {
         assert_eq!(
             rewrite_to_host("postmaster", "example.com"),
             "postmaster@example.com"
+        );
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_read_as_latin1() {
+        // UTF-8, Latin-1 and windows-1252 punctuation in one string: each
+        // run is read its own way.
+        assert_eq!(
+            utf8_or_latin1(b"caf\xc3\xa9 / caf\xe9 / \x93q\x94 / \xc3("),
+            "caf\u{e9} / caf\u{e9} / \u{201c}q\u{201d} / \u{c3}("
+        );
+        assert!(matches!(utf8_or_latin1(b"plain"), Cow::Borrowed("plain")));
+    }
+
+    #[test]
+    fn well_formed_multiparts_are_parsed_once() {
+        let msg = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\nhi\r\n--b--\r\n";
+        let parsed = MessageParser::default().parse(&msg[..]).unwrap();
+        assert_eq!(close_open_multiparts(msg, &parsed), None);
+        // Cut before the close: the delimiter is appended.
+        let cut = &msg[..msg.len() - 7];
+        let parsed = MessageParser::default().parse(cut).unwrap();
+        let closed = close_open_multiparts(cut, &parsed);
+        assert_eq!(
+            closed.as_deref(),
+            Some(
+                &b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\nhi\r\n\r\n--b--\r\n"
+                    [..]
+            )
         );
     }
 

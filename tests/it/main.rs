@@ -4,6 +4,7 @@
 mod check;
 mod harness;
 mod kv;
+mod mime;
 #[cfg(feature = "postgres")]
 mod pgproxy;
 #[cfg(feature = "postgres")]
