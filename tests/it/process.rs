@@ -32,6 +32,8 @@ fn write_config(dir: &Path, db: &Path) -> PathBuf {
 struct Proc {
     child: Child,
     addr: SocketAddr,
+    /// Every line it wrote to standard error so far.
+    log: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Proc {
@@ -44,22 +46,53 @@ impl Proc {
             .spawn()
             .unwrap();
         let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log2 = Arc::clone(&log);
         std::thread::spawn(move || {
-            let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(addr) = line.split("listening addr=").nth(1)
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(addr.trim().parse::<SocketAddr>().unwrap());
-                }
+                log2.lock().unwrap().push(line);
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("gsmtpd logs its listening address");
-        Self { child, addr }
+        let mut p = Self {
+            child,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            log,
+        };
+        let line = p.wait_for("listening addr=");
+        p.addr = line
+            .split("listening addr=")
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        p
+    }
+
+    /// Waits for a log line containing `needle` (after any seen before)
+    /// and returns it.
+    fn wait_for(&self, needle: &str) -> String {
+        self.wait_for_nth(needle, 1)
+    }
+
+    /// Waits for the `n`th log line containing `needle`.
+    fn wait_for_nth(&self, needle: &str, n: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(l) = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains(needle))
+                .nth(n - 1)
+            {
+                return l.clone();
+            }
+            assert!(Instant::now() < deadline, "no log line with {needle:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn signal(&self, sig: i32) {
@@ -329,4 +362,135 @@ async fn kill_9_under_load_loses_no_acknowledged_message() {
     // Stored but never acknowledged is allowed (the reply was lost with the
     // process: RFC 1047's duplicate window), never more than one per client.
     assert!(total - 1 - (acked.len() as i64) <= 50);
+}
+
+/// SIGHUP adds an allowed domain, replaces the certificate and adds a
+/// listener while a client stays connected and finishes its transaction;
+/// a broken file keeps the old configuration; SIGUSR1 reopens the log;
+/// the pid file lives as long as the process.
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reload_sigusr1_reopen_and_pid_file() {
+    use rustls_pki_types::ServerName;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cert = crate::tls::cert(d, "a");
+    let pid = d.join("gsmtpd.pid");
+    let log = d.join("gsmtpd.log");
+    let write = |extra_domain: &str, extra_listener: &str| {
+        std::fs::write(
+            d.join("gsmtpd.toml"),
+            format!(
+                "hostname = \"mx.test\"\nallowed_hosts = [\"example.com\"{extra_domain}]\n\
+                 max_connections_per_ip = 0\npid_file = {pid:?}\n\
+                 [[listener]]\naddr = \"127.0.0.1:0\"\ntls = \"starttls\"\n\
+                 tls_cert = {:?}\ntls_key = {:?}\n{extra_listener}\
+                 [store]\nkind = \"sqlite\"\npath = {:?}\n",
+                cert.cert,
+                cert.key,
+                d.join("m.db")
+            ),
+        )
+        .unwrap();
+    };
+    write("", "");
+    let cfg = d.join("gsmtpd.toml");
+    // Log to stderr for the address, and to a file via -l? One sink only:
+    // the file. Its first line gives the address.
+    let mut child = Command::new(BIN)
+        .args(["-c", cfg.to_str().unwrap(), "-l", log.to_str().unwrap()])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let wait_log = |needle: &str, n: usize| -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(l) = read_log().lines().filter(|l| l.contains(needle)).nth(n - 1) {
+                return l.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?}:\n{}",
+                read_log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let addr: SocketAddr = wait_log("listening addr=", 1)
+        .split("listening addr=")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&pid).unwrap().trim(),
+        child.id().to_string()
+    );
+
+    let mut busy = crate::harness::Client::connect(addr).await;
+    busy.expect("EHLO busy.test", 250).await;
+    busy.expect("MAIL FROM:<a@sender.test>", 250).await;
+    busy.expect("RCPT TO:<r@example.com>", 250).await;
+
+    // A broken file: the old configuration stays.
+    std::fs::write(&cfg, "allowed_hosts = [\"new.test\"]\nbogus_key = 1\n").unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
+    wait_log("reload failed, keeping the old configuration", 1);
+
+    // The real change: a domain, a certificate (same files), a listener.
+    let new_cert = crate::tls::cert(d, "b");
+    std::fs::copy(&new_cert.cert, &cert.cert).unwrap();
+    std::fs::copy(&new_cert.key, &cert.key).unwrap();
+    write(", \"new.test\"", "[[listener]]\naddr = \"127.0.0.2:0\"\n");
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
+    wait_log("configuration reloaded", 1);
+    let second: SocketAddr = wait_log("listening addr=", 2)
+        .split("listening addr=")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+
+    busy.expect("DATA", 354).await;
+    busy.send("Subject: across SIGHUP\r\n\r\n.\r\n").await;
+    busy.reply().await.queued_id();
+    busy.expect("QUIT", 221).await;
+
+    let mut fresh = crate::harness::Client::connect(second).await;
+    fresh.expect("EHLO fresh.test", 250).await;
+    fresh.expect("MAIL FROM:<a@sender.test>", 250).await;
+    fresh.expect("RCPT TO:<r@new.test>", 250).await;
+    fresh.expect("QUIT", 221).await;
+    let mut c = crate::harness::Client::connect(addr).await;
+    c.expect("EHLO tls.test", 250).await;
+    c.expect("STARTTLS", 220).await;
+    crate::tls::connector(&new_cert)
+        .connect(ServerName::try_from("mx.test").unwrap(), c.into_stream())
+        .await
+        .expect("the new certificate is served after SIGHUP");
+
+    // logrotate: move the file away, SIGUSR1, and logging goes on in a new one.
+    let rotated = d.join("gsmtpd.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) }, 0);
+    wait_log("log file reopened", 1);
+    let mut c = crate::harness::Client::connect(addr).await;
+    c.expect("QUIT", 221).await;
+    wait_log("disconnect", 1);
+    assert!(
+        std::fs::read_to_string(&rotated)
+            .unwrap()
+            .contains("configuration reloaded")
+    );
+
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!pid.exists(), "the pid file is removed at exit");
 }
