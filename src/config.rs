@@ -1035,6 +1035,16 @@ mod tests {
     }
 
     #[test]
+    fn production_example_parses() {
+        let c = Config::from_toml(include_str!("../contrib/gsmtpd.production.toml")).unwrap();
+        assert_eq!(c.listener.len(), 3);
+        assert_eq!(c.listener[0].tls, TlsMode::Starttls);
+        assert_eq!(c.listener[1].tls, TlsMode::Implicit);
+        assert!(c.listener[2].proxy_protocol);
+        assert!(c.admin.is_some());
+    }
+
+    #[test]
     fn sample_config_parses() {
         let text = include_str!("../gsmtpd.toml.sample");
         let c = Config::from_toml(text).unwrap();
