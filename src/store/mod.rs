@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use crate::message::Envelope;
 
+#[cfg(feature = "mysql")]
+pub mod mysql;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 pub mod writer;
@@ -106,6 +108,13 @@ impl Stores {
             match &cfg.backend {
                 #[cfg(feature = "sqlite")]
                 Backend::Sqlite(c) => stores.add(sqlite::SqliteStore::open(c)?, cfg),
+                #[cfg(feature = "mysql")]
+                Backend::Mysql(c) => {
+                    let store =
+                        mysql::MysqlStore::connect(c, config.primary_mail_host.clone()).await?;
+                    store.warn_if_packet_too_small(config.max_message_size);
+                    stores.add(store, cfg);
+                }
                 #[allow(unreachable_patterns)]
                 other => {
                     return Err(StoreError::permanent(
