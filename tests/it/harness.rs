@@ -15,7 +15,6 @@ use tokio::task::JoinHandle;
 /// The URL of a test service from the environment (`.ci/run` sets them).
 /// Unset: the test is skipped and says so. Set: the service must answer,
 /// or the test fails.
-#[allow(dead_code)] // the service tests arrive with their backends
 pub fn service_url(var: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(url) if !url.is_empty() => Some(url),

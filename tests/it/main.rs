@@ -2,6 +2,10 @@
 //! to over real TCP, with the real SQLite store read back.
 
 mod harness;
+#[cfg(feature = "mysql")]
+mod mysql;
 mod process;
+#[cfg(feature = "mysql")]
+mod proxy;
 mod smtp;
 mod store;
