@@ -492,8 +492,8 @@ impl<'a> Bound<'a> {
             (Fit::Bytes(max), Cow::Borrowed(s)) => {
                 Bound::Bytes(Cow::Borrowed(&s.as_bytes()[..s.len().min(max)]))
             }
-            (Fit::Bytes(max), Cow::Owned(mut s)) => {
-                let mut b = std::mem::take(&mut s).into_bytes();
+            (Fit::Bytes(max), Cow::Owned(s)) => {
+                let mut b = s.into_bytes();
                 b.truncate(max);
                 Bound::Bytes(Cow::Owned(b))
             }
@@ -512,6 +512,7 @@ impl<'a> Bound<'a> {
             }
     }
 
+    /// Whether fitting altered a value of `original_len` bytes.
     fn changed_from(&self, original_len: usize) -> bool {
         match self {
             Bound::Text(Cow::Owned(_)) => true,
