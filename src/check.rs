@@ -32,6 +32,11 @@ enum Lookup {
         pool: sqlx::PgPool,
         query: sqlx::SqlStr,
     },
+    #[cfg(feature = "mysql")]
+    Mysql {
+        pool: sqlx::MySqlPool,
+        query: Arc<str>,
+    },
 }
 
 /// A configured recipient check.
@@ -82,6 +87,44 @@ impl RecipientCheck {
             }
             #[cfg(feature = "postgres")]
             Backend::Postgres(c) => postgres_lookup(c, check).await,
+            #[cfg(feature = "mysql")]
+            Backend::Mysql(c) => {
+                let timeout = Duration::from_millis(check.timeout_ms);
+                let pool = crate::store::mysql::check_pool(&c.url, timeout)?;
+                // Fail at start, not at the first RCPT, if the query is
+                // wrong: the server prepares it and counts its parameters.
+                let prepared = async {
+                    let mut conn = pool.acquire().await?;
+                    let st = sqlx::Executor::prepare(
+                        &mut *conn,
+                        sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(check.query.as_str())),
+                    )
+                    .await?;
+                    Ok::<_, sqlx::Error>(match sqlx::Statement::parameters(&st) {
+                        Some(sqlx::Either::Right(n)) => n,
+                        Some(sqlx::Either::Left(types)) => types.len(),
+                        None => 1,
+                    })
+                };
+                let count = match tokio::time::timeout(timeout, prepared).await {
+                    Ok(Ok(n)) => n,
+                    Ok(Err(e @ sqlx::Error::Database(_))) => {
+                        return Err(StoreError::permanent("check", format!("query: {e}")));
+                    }
+                    Ok(Err(e)) => return Err(StoreError::transient("check", e)),
+                    Err(_) => return Err(StoreError::transient("check", "connect timed out")),
+                };
+                if count != 1 {
+                    return Err(StoreError::permanent(
+                        "check",
+                        format!("query: needs exactly one ? (the address), has {count}"),
+                    ));
+                }
+                Ok(Lookup::Mysql {
+                    pool,
+                    query: check.query.as_str().into(),
+                })
+            }
             #[allow(unreachable_patterns)]
             other => Err(StoreError::permanent(
                 "check",
@@ -149,6 +192,15 @@ impl RecipientCheck {
                 .await
                 .map(|row| row.is_some())
                 .map_err(|e| e.to_string()),
+            #[cfg(feature = "mysql")]
+            Lookup::Mysql { pool, query } => {
+                let row = sqlx::query(sqlx::AssertSqlSafe(Arc::clone(query)))
+                    .bind(address)
+                    .fetch_optional(pool)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(row.is_some())
+            }
         }
     }
 }

@@ -389,6 +389,17 @@ pub struct MysqlConfig {
     pub timeout_secs: u64,
 }
 
+/// A table name that needs no quoting rules between backticks: ASCII
+/// letters, digits, `_` and `$`, 1 to 64 characters (MySQL's limit), not
+/// only digits (which MySQL would read as a number).
+pub fn is_plain_identifier(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$')
+        && !name.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// The PostgreSQL store.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -727,6 +738,18 @@ impl Config {
             for need in s.backend.needs() {
                 if !has(*need) {
                     return bad(format!("store {kind:?} needs the pipeline step {need:?}"));
+                }
+            }
+            if let Backend::Mysql(m) = &s.backend {
+                if !is_plain_identifier(&m.table) {
+                    return bad(format!(
+                        "store \"mysql\": table {:?} must be a plain identifier \
+                         (ASCII letters, digits, _ or $, at most 64, not only digits)",
+                        m.table
+                    ));
+                }
+                if m.timeout_secs == 0 {
+                    return bad("store \"mysql\": timeout_secs must be greater than 0".into());
                 }
             }
         }

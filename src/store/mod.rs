@@ -9,6 +9,8 @@ use crate::message::Envelope;
 
 #[cfg(feature = "memcached")]
 pub mod memcached;
+#[cfg(feature = "mysql")]
+pub mod mysql;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "redis")]
@@ -126,6 +128,13 @@ impl Stores {
                 }
                 #[cfg(feature = "postgres")]
                 Backend::Postgres(c) => stores.add(postgres::PostgresStore::connect(c).await?, cfg),
+                #[cfg(feature = "mysql")]
+                Backend::Mysql(c) => {
+                    let store =
+                        mysql::MysqlStore::connect(c, config.primary_mail_host.clone()).await?;
+                    store.warn_if_packet_too_small(config.max_message_size);
+                    stores.add(store, cfg);
+                }
                 #[allow(unreachable_patterns)]
                 other => {
                     return Err(StoreError::permanent(

@@ -5,12 +5,16 @@ mod check;
 mod harness;
 mod kv;
 mod mime;
+#[cfg(feature = "mysql")]
+mod mysql;
 #[cfg(feature = "postgres")]
 mod pgproxy;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod process;
 mod production;
+#[cfg(feature = "mysql")]
+mod proxy;
 mod smtp;
 mod store;
 mod tls;

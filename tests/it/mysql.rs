@@ -1,0 +1,862 @@
+//! The MySQL/MariaDB store against the real server (`GSMTPD_TEST_MYSQL_URL`):
+//! the original `new_mail` row column by column, the fan-out with SQLite,
+//! value fitting under strict mode, packet splitting, an outage in the
+//! middle of a load (through [`Proxy`]), and the recipient check.
+//!
+//! Each test works in its own scratch database, created and dropped here,
+//! because the tests run in parallel against one shared server.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use gsmtpd::config::{Backend, Config, MysqlConfig, RecipientCheckConfig, StoreConfig};
+use gsmtpd::message::time::Utc;
+use gsmtpd::{Envelope, MessageId, Store};
+use md5::{Digest, Md5};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor, Row};
+
+use crate::harness::{self, Client, Server};
+use crate::proxy::Proxy;
+
+/// A scratch database on the test server. Dropped by [`TestDb::drop_db`] at
+/// the end of a test, or by `Drop` if the test panicked first.
+struct TestDb {
+    name: String,
+    admin: MySqlConnectOptions,
+    pool: MySqlPool,
+    dropped: bool,
+}
+
+impl TestDb {
+    /// `None` (the test is skipped, and says so) when the URL is unset;
+    /// a panic when it is set but the server does not answer.
+    async fn create() -> Option<Self> {
+        let url = harness::service_url("GSMTPD_TEST_MYSQL_URL")?;
+        let admin = MySqlConnectOptions::from_str(&url).expect("GSMTPD_TEST_MYSQL_URL parses");
+        let name = format!(
+            "gsmtpd_t_{}",
+            MessageId::generate(SystemTime::now())
+                .as_str()
+                .to_ascii_lowercase()
+        );
+        let mut conn = admin.connect().await.unwrap_or_else(|e| {
+            panic!("GSMTPD_TEST_MYSQL_URL={url} is set but the server does not answer: {e}")
+        });
+        conn.execute(AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        let pool = MySqlPoolOptions::new()
+            .max_connections(2)
+            .connect_with(admin.clone().database(&name))
+            .await
+            .unwrap();
+        Some(Self {
+            name,
+            admin,
+            pool,
+            dropped: false,
+        })
+    }
+
+    /// The URL of this database, for a store.
+    fn url(&self) -> String {
+        self.admin
+            .clone()
+            .database(&self.name)
+            .to_url_lossy()
+            .to_string()
+    }
+
+    /// The URL of this database through a proxy listening on `via`.
+    fn url_via(&self, via: SocketAddr) -> String {
+        self.admin
+            .clone()
+            .host(&via.ip().to_string())
+            .port(via.port())
+            .database(&self.name)
+            .to_url_lossy()
+            .to_string()
+    }
+
+    /// The server's address, for a proxy in front of it.
+    fn upstream(&self) -> SocketAddr {
+        (self.admin.get_host(), self.admin.get_port())
+            .to_socket_addrs()
+            .unwrap()
+            .next()
+            .unwrap()
+    }
+
+    async fn exec(&self, sql: &str) {
+        self.pool
+            .execute(AssertSqlSafe(sql.to_owned()))
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    async fn scalar(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(AssertSqlSafe(sql.to_owned()))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    async fn counter(&self) -> i64 {
+        self.scalar(
+            "SELECT CAST(setting_value AS SIGNED) FROM gm2_setting \
+             WHERE setting_name = 'received_emails'",
+        )
+        .await
+    }
+
+    /// Every row of `table`, oldest first.
+    async fn rows(&self, table: &str) -> Vec<MailRow> {
+        let sql = format!(
+            "SELECT DATE_FORMAT(`date`, '%Y-%m-%d %H:%i:%s'),
+                    CAST(TIMESTAMPDIFF(SECOND, `date`, UTC_TIMESTAMP()) AS SIGNED),
+                    `from`, `to`, `subject`, `body`, `charset`, `mail`, `spam_score`, `hash`,
+                    `content_type`, `recipient`, `has_attach`, `ip_addr`
+             FROM `{table}` ORDER BY `mail_id`"
+        );
+        sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| MailRow {
+                date: r.get(0),
+                age_secs: r.get(1),
+                from: r.get(2),
+                to: r.get(3),
+                subject: r.get(4),
+                body: r.get(5),
+                charset: r.get(6),
+                mail: r.get(7),
+                spam_score: r.get(8),
+                hash: r.get(9),
+                content_type: r.get(10),
+                recipient: r.get(11),
+                has_attach: r.get(12),
+                ip_addr: r.get(13),
+            })
+            .collect()
+    }
+
+    async fn drop_db(mut self) {
+        self.pool.close().await;
+        let mut conn = self.admin.connect().await.unwrap();
+        conn.execute(AssertSqlSafe(format!("DROP DATABASE `{}`", self.name)))
+            .await
+            .unwrap();
+        self.dropped = true;
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if self.dropped {
+            return;
+        }
+        // A test panicked: drop the database on a thread of its own, since
+        // we may be inside the test's runtime.
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(mut conn) = admin.connect().await {
+                    let _ = conn
+                        .execute(AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{name}`")))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// One `new_mail` row as read back.
+#[derive(Debug)]
+struct MailRow {
+    date: String,
+    age_secs: i64,
+    from: String,
+    to: String,
+    subject: String,
+    body: String,
+    charset: String,
+    mail: Vec<u8>,
+    spam_score: f32,
+    hash: String,
+    content_type: String,
+    recipient: String,
+    has_attach: i32,
+    ip_addr: String,
+}
+
+fn mysql_store(url: String) -> StoreConfig {
+    StoreConfig {
+        backend: Backend::Mysql(MysqlConfig {
+            url,
+            table: "new_mail".into(),
+            create_tables: true,
+            timeout_secs: 5,
+        }),
+        ..StoreConfig::default()
+    }
+}
+
+/// MD5 in hex, computed here rather than with the server's helper.
+fn md5_hex(parts: &[&str]) -> String {
+    let mut h = Md5::new();
+    for p in parts {
+        h.update(p.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Sends one transaction on an open session; returns the final reply.
+async fn transaction(c: &mut Client, from: &str, to: &[&str], content: &[u8]) -> harness::Reply {
+    c.expect(&format!("MAIL FROM:<{from}>"), 250).await;
+    for r in to {
+        c.expect(&format!("RCPT TO:<{r}>"), 250).await;
+    }
+    c.expect("DATA", 354).await;
+    c.send(gsmtpd::smtp::data::stuff(content)).await;
+    c.reply().await
+}
+
+/// A quoted-printable ISO-8859-1 subject, an HTML alternative and an
+/// attachment: every parsed column has something to show.
+const REFERENCE_MESSAGE: &str = "From: \"Sender Name\" <Sender.Name@Remote.Test>\r\n\
+To: alice.smith@example.com, bob@sub.example.org\r\n\
+Subject: =?ISO-8859-1?Q?Gr=FC=DFe_aus_K=F6ln?=\r\n\
+Message-ID: <ref-1@remote.test>\r\n\
+MIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"outer\"\r\n\
+\r\n\
+--outer\r\n\
+Content-Type: multipart/alternative; boundary=\"inner\"\r\n\
+\r\n\
+--inner\r\n\
+Content-Type: text/plain; charset=ISO-8859-1\r\n\
+Content-Transfer-Encoding: quoted-printable\r\n\
+\r\n\
+Gr=FC=DFe, plain text\r\n\
+--inner\r\n\
+Content-Type: text/html; charset=ISO-8859-1\r\n\
+Content-Transfer-Encoding: quoted-printable\r\n\
+\r\n\
+<p>Gr=FC=DFe aus K=F6ln</p>\r\n\
+--inner--\r\n\
+\r\n\
+--outer\r\n\
+Content-Type: application/octet-stream; name=\"data.bin\"\r\n\
+Content-Disposition: attachment; filename=\"data.bin\"\r\n\
+Content-Transfer-Encoding: base64\r\n\
+\r\n\
+AAECAw==\r\n\
+--outer--\r\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_column_of_new_mail_is_as_the_original_wrote_it() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let url = db.url();
+    let server = Server::start_with(|c| {
+        c.primary_mail_host = Some("mail.test".into());
+        c.store = vec![mysql_store(url)];
+    })
+    .await;
+    assert_eq!(db.counter().await, 0, "create_tables adds the counter row");
+
+    let before = Utc::from_system(SystemTime::now() - Duration::from_secs(1)).sql_datetime();
+    let mut c = server.client().await;
+    c.expect("EHLO client.test", 250).await;
+    let rcpts = ["Alice.Smith@example.com", "bob@sub.example.org"];
+    let r = transaction(
+        &mut c,
+        "bounces@remote.test",
+        &rcpts,
+        REFERENCE_MESSAGE.as_bytes(),
+    )
+    .await;
+    let id = r.queued_id();
+    let after = Utc::from_system(SystemTime::now() + Duration::from_secs(1)).sql_datetime();
+
+    let rows = db.rows("new_mail").await;
+    assert_eq!(rows.len(), 2, "one row per accepted recipient");
+    let from = "sender.name@remote.test";
+    let subject = "Grüße aus Köln";
+    let body = "<p>Grüße aus Köln</p>";
+    for (row, (rcpt, to)) in rows.iter().zip([
+        (rcpts[0], "Alice.Smith@mail.test"),
+        (rcpts[1], "bob@mail.test"),
+    ]) {
+        assert!(
+            before <= row.date && row.date <= after,
+            "date {} is the UTC receipt time ({before} .. {after})",
+            row.date
+        );
+        assert!(
+            (0..60).contains(&row.age_secs),
+            "date is UTC by the server's clock too: {} s old",
+            row.age_secs
+        );
+        assert_eq!(row.from, from, "From: address, lower-cased");
+        assert_eq!(row.to, to, "rewritten to primary_mail_host");
+        assert_eq!(row.recipient, rcpt, "as received");
+        assert_eq!(row.subject, subject, "RFC 2047 decoded");
+        assert_eq!(row.body, body, "the HTML part, transfer-decoded, in UTF-8");
+        assert_eq!(row.charset, "ISO-8859-1", "the HTML part's charset");
+        assert_eq!(row.content_type, "text/html");
+        assert_eq!(row.spam_score, 0.0);
+        assert_eq!(row.hash, md5_hex(&[to, from, subject, body]));
+        assert_eq!(row.has_attach, 1);
+        assert_eq!(row.ip_addr, "127.0.0.1");
+        // The whole stored message: our Received header, then the content.
+        assert_eq!(harness::content(&row.mail), REFERENCE_MESSAGE.as_bytes());
+        let header = String::from_utf8_lossy(&row.mail[..row.mail.len() - REFERENCE_MESSAGE.len()])
+            .into_owned();
+        assert!(
+            header.starts_with(&format!(
+                "Received: from client.test ([127.0.0.1])\r\n\tby mx.test (gsmtpd) with ESMTP id {id};"
+            )),
+            "{header}"
+        );
+    }
+    assert_eq!(
+        db.counter().await,
+        2,
+        "the counter moved by the rows stored"
+    );
+
+    // One more message, one recipient: one more row, counter +1.
+    let r = transaction(
+        &mut c,
+        "x@remote.test",
+        &["carol@example.com"],
+        b"Subject: plain\r\n\r\nhello\r\n",
+    )
+    .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    let rows = db.rows("new_mail").await;
+    assert_eq!(rows.len(), 3);
+    let last = &rows[2];
+    assert_eq!(
+        (last.to.as_str(), last.from.as_str(), last.subject.as_str()),
+        ("carol@mail.test", "", "plain")
+    );
+    assert_eq!(
+        (
+            last.body.as_str(),
+            last.charset.as_str(),
+            last.content_type.as_str()
+        ),
+        ("hello\r\n", "ISO-8859-1", "text/plain"),
+        "the reference's defaults"
+    );
+    assert_eq!(last.has_attach, 0);
+    assert_eq!(db.counter().await, 3);
+    server.shutdown().await;
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fan_out_stores_the_same_bytes_in_sqlite_and_mysql() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let url = db.url();
+    let server = Server::start_with(|c| c.store.push(mysql_store(url))).await;
+    let mut c = server.client().await;
+    let r = c
+        .send_message(
+            "a@remote.test",
+            &["one@example.com", "two@example.com"],
+            REFERENCE_MESSAGE.as_bytes(),
+        )
+        .await;
+    let id = r.queued_id();
+    let raw = server.raw(&id);
+    assert_eq!(
+        server.recipients(&id),
+        ["one@example.com", "two@example.com"]
+    );
+    let rows = db.rows("new_mail").await;
+    assert_eq!(rows.len(), 2);
+    for row in &rows {
+        assert_eq!(row.mail, raw, "both stores hold the same bytes");
+    }
+    assert_eq!(
+        rows.iter()
+            .map(|r| r.recipient.as_str())
+            .collect::<Vec<_>>(),
+        ["one@example.com", "two@example.com"]
+    );
+    server.shutdown().await;
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn values_are_fitted_so_strict_mode_accepts_them() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let url = db.url();
+    let server = Server::start_with(|c| {
+        c.primary_mail_host = Some("mail.test".into());
+        c.store = vec![mysql_store(url)];
+    })
+    .await;
+    // The premise: the server refuses what does not fit, rather than
+    // fitting it itself.
+    let refused = sqlx::query(
+        "INSERT INTO new_mail (`date`, `from`, `to`, `subject`, `body`, `charset`, `mail`,
+             `spam_score`, `hash`, `content_type`, `recipient`, `has_attach`, `ip_addr`)
+         VALUES (UTC_TIMESTAMP(), '', '', ?, '', '', '', 0, '', '', '', 0, '')",
+    )
+    .bind("emoji 😀 in utf8mb3")
+    .execute(&db.pool)
+    .await;
+    assert!(
+        refused.is_err(),
+        "the server runs STRICT_TRANS_TABLES, or this test proves nothing"
+    );
+
+    let subject = format!("{}{}", "s".repeat(250), "😀".repeat(10));
+    let body = "é".repeat(40_000);
+    let content = format!(
+        "From: <Fröm😀@Remote.Test>\r\nSubject: {subject}\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n"
+    );
+    let rcpt = "ünï日本@example.com";
+    let mut c = server.client().await;
+    c.expect("EHLO client.test", 250).await;
+    c.expect("MAIL FROM:<a@remote.test> SMTPUTF8 BODY=8BITMIME", 250)
+        .await;
+    c.expect(&format!("RCPT TO:<{rcpt}>"), 250).await;
+    c.expect("DATA", 354).await;
+    c.send(gsmtpd::smtp::data::stuff(content.as_bytes())).await;
+    let r = c.reply().await;
+    assert_eq!(r.code, 250, "stored despite the narrow columns: {r:?}");
+
+    let rows = db.rows("new_mail").await;
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    // varchar(255) utf8mb3: four-byte characters become U+FFFD, then 255
+    // characters are kept.
+    assert_eq!(
+        row.subject,
+        format!("{}{}", "s".repeat(250), "\u{FFFD}".repeat(5))
+    );
+    // varchar(128) utf8mb3.
+    assert_eq!(row.from, "fröm\u{FFFD}@remote.test");
+    // latin1 keeps ü and ï, not the CJK characters.
+    assert_eq!(row.recipient, "ünï??@example.com");
+    // utf8mb3 keeps them all.
+    assert_eq!(row.to, "ünï日本@mail.test");
+    // TEXT holds 65535 bytes: 32767 two-byte characters, and the next one
+    // is not split.
+    let expected = "é".repeat(32_767);
+    assert!(
+        row.body == expected,
+        "body: {} bytes ending {:?}, expected {} bytes ending {:?}",
+        row.body.len(),
+        row.body.chars().rev().take(3).collect::<String>(),
+        expected.len(),
+        expected.chars().rev().take(3).collect::<String>()
+    );
+    // The hash is the pipeline's, over the values before fitting.
+    assert_eq!(
+        row.hash,
+        md5_hex(&[
+            "ünï日本@mail.test",
+            "fröm😀@remote.test",
+            &subject,
+            &format!("{body}\r\n")
+        ])
+    );
+    // The raw message is never altered.
+    assert_eq!(harness::content(&row.mail), content.as_bytes());
+    server.shutdown().await;
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn successor_columns_and_a_custom_table_name() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    // The Go successor's table, made by its operator: no gm2_setting.
+    db.exec(
+        "CREATE TABLE `mail_v2` (
+           `mail_id` int(11) NOT NULL auto_increment, `date` datetime NOT NULL,
+           `from` varchar(128) character set utf8 NOT NULL,
+           `to` varchar(128) character set utf8 NOT NULL,
+           `subject` varchar(255) character set utf8 NOT NULL, `body` text NOT NULL,
+           `charset` varchar(32) character set utf8 NOT NULL, `mail` longblob NOT NULL,
+           `spam_score` float NOT NULL, `hash` char(32) character set latin1 NOT NULL,
+           `content_type` varchar(64) character set latin1 NOT NULL,
+           `recipient` varchar(128) character set latin1 NOT NULL,
+           `has_attach` int(11) NOT NULL, `ip_addr` varchar(64) NOT NULL,
+           `return_path` varchar(255) NOT NULL, `is_tls` bit(1) NOT NULL,
+           `message_id` varchar(255) NOT NULL, `reply_to` varchar(255) NOT NULL,
+           `sender` varchar(255) NOT NULL,
+           PRIMARY KEY (`mail_id`)) ENGINE=InnoDB DEFAULT CHARSET=utf8",
+    )
+    .await;
+    let url = db.url();
+    let server = Server::start_with(|c| {
+        c.store = vec![mysql_store(url)];
+        let Backend::Mysql(m) = &mut c.store[0].backend else {
+            unreachable!()
+        };
+        m.table = "mail_v2".into();
+        m.create_tables = false;
+    })
+    .await;
+    let mut c = server.client().await;
+    let r = c
+        .send_message(
+            "Bounce@Remote.Test",
+            &["r@example.com"],
+            b"Message-ID: <abc.123@remote.test>\r\nSubject: v2\r\n\r\nbody\r\n",
+        )
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    let row = sqlx::query(
+        "SELECT `return_path`, CAST(`is_tls` + 0 AS SIGNED), `message_id`, `reply_to`,
+                `sender`, `subject`, `to`
+         FROM `mail_v2`",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let got: (String, i64, String, String, String, String, String) = (
+        row.get(0),
+        row.get(1),
+        row.get(2),
+        row.get(3),
+        row.get(4),
+        row.get(5),
+        row.get(6),
+    );
+    assert_eq!(
+        got,
+        (
+            "Bounce@Remote.Test".into(),
+            0,
+            "abc.123@remote.test".into(),
+            String::new(),
+            String::new(),
+            "v2".into(),
+            "r@example.com".into(),
+        ),
+        "return_path = MAIL FROM, no TLS, Message-ID; `to` unchanged without primary_mail_host"
+    );
+    let tables = db
+        .scalar(
+            "SELECT COUNT(*) FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN ('new_mail', 'gm2_setting')",
+        )
+        .await;
+    assert_eq!(tables, 0, "create_tables = false creates nothing");
+    server.shutdown().await;
+    db.drop_db().await;
+}
+
+fn envelope(recipients: &[&str], raw: Vec<u8>) -> Arc<Envelope> {
+    Arc::new(Envelope {
+        id: MessageId::generate(SystemTime::now()),
+        received_at: SystemTime::now(),
+        client: "192.0.2.1:25".parse().unwrap(),
+        helo: "client.test".into(),
+        esmtp: true,
+        tls: false,
+        mail_from: "a@remote.test".into(),
+        recipients: recipients.iter().map(|r| r.to_string()).collect(),
+        body: Default::default(),
+        smtputf8: false,
+        raw: raw.into(),
+        header_len: 0,
+        parsed: None,
+        hashes: Vec::new(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_over_max_allowed_packet_is_split_and_a_row_over_it_is_refused() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let cfg = MysqlConfig {
+        url: db.url(),
+        table: "new_mail".into(),
+        create_tables: true,
+        timeout_secs: 30,
+    };
+    let mut store = gsmtpd::store::mysql::MysqlStore::connect(&cfg, None)
+        .await
+        .unwrap();
+    let packet = usize::try_from(
+        db.scalar("SELECT CAST(@@max_allowed_packet AS SIGNED)")
+            .await,
+    )
+    .unwrap();
+    // Six rows of 40% of a packet each: no two-and-a-half fit one INSERT.
+    let part = packet * 2 / 5;
+    let batch: Vec<_> = (0..3u8)
+        .map(|i| envelope(&["a@example.com", "b@example.com"], vec![b'a' + i; part]))
+        .collect();
+    store.commit(&batch).await.unwrap();
+    let sizes: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT `recipient`, CAST(LENGTH(`mail`) AS SIGNED) FROM new_mail ORDER BY mail_id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        sizes.len(),
+        6,
+        "the batch went in whole, over several INSERTs"
+    );
+    assert!(sizes.iter().all(|(_, n)| *n == part as i64));
+    assert_eq!(db.counter().await, 6);
+
+    // A message whose row cannot fit any packet fails its whole batch, and
+    // nothing of that batch is stored.
+    let small = envelope(&["c@example.com"], b"Subject: small\r\n\r\n".to_vec());
+    let huge = envelope(&["d@example.com"], vec![b'x'; packet + 1]);
+    let err = store.commit(&[small, huge.clone()]).await.unwrap_err();
+    assert!(err.message.contains(huge.id.as_str()), "{err}");
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM new_mail").await, 6);
+    assert_eq!(db.counter().await, 6);
+    drop(store);
+    db.drop_db().await;
+}
+
+/// What one attempt of the fault test got.
+struct Attempt {
+    marker: String,
+    code: u16,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outage_answers_451_and_mail_flows_again_without_a_restart() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let proxy = Proxy::start(db.upstream()).await;
+    let url = db.url_via(proxy.addr());
+    let server = Server::start_with(|c| {
+        let mut store = mysql_store(url);
+        let Backend::Mysql(m) = &mut store.backend else {
+            unreachable!()
+        };
+        m.timeout_secs = 2;
+        c.store = vec![store];
+    })
+    .await;
+    let addr = server.addr;
+    let restored = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    const CLIENTS: usize = 20;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let (restored, stop) = (Arc::clone(&restored), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let mut attempts = Vec::new();
+                let mut stored_after_restore = false;
+                let mut session: Option<Client> = None;
+                // Bounded: at most 2000 attempts per client.
+                for seq in 0..2000 {
+                    if stop.load(Ordering::SeqCst) && stored_after_restore {
+                        break;
+                    }
+                    let was_restored = restored.load(Ordering::SeqCst);
+                    let c = match &mut session {
+                        Some(c) => c,
+                        None => {
+                            let mut c = Client::connect(addr).await;
+                            c.expect("EHLO client.test", 250).await;
+                            session.insert(c)
+                        }
+                    };
+                    let marker = format!("fault-{i}-{seq}");
+                    let content = format!("Subject: {marker}\r\n\r\nbody of {marker}\r\n");
+                    let r = transaction(
+                        c,
+                        "load@remote.test",
+                        &["x@example.com", "y@example.com"],
+                        content.as_bytes(),
+                    )
+                    .await;
+                    assert!(
+                        r.code == 250 || (r.code == 451 && r.text.starts_with("4.3.0")),
+                        "{r:?}"
+                    );
+                    if r.code == 250 && was_restored {
+                        stored_after_restore = true;
+                    }
+                    if r.code != 250 {
+                        // 451s count towards max_errors: start a new session,
+                        // and do not hammer the server while it is down.
+                        session = None;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    attempts.push(Attempt {
+                        marker,
+                        code: r.code,
+                    });
+                }
+                (attempts, stored_after_restore)
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.restore();
+    restored.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::SeqCst);
+
+    let mut all = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (i, client) in clients.into_iter().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (attempts, recovered) = tokio::time::timeout(left, client)
+            .await
+            .expect("clients finish within 60 s")
+            .unwrap();
+        assert!(recovered, "client {i} stored mail again after the outage");
+        all.extend(attempts);
+    }
+    server.shutdown().await;
+    drop(proxy);
+
+    let per_marker: HashMap<String, i64> = sqlx::query_as(
+        "SELECT `subject`, CAST(COUNT(*) AS SIGNED) FROM new_mail GROUP BY `subject`",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    let accepted: Vec<_> = all.iter().filter(|a| a.code == 250).collect();
+    let failed: Vec<_> = all.iter().filter(|a| a.code == 451).collect();
+    let failed_but_stored = failed
+        .iter()
+        .filter(|a| per_marker.contains_key(&a.marker))
+        .count();
+    println!(
+        "fault test: {} attempts, {} got 250, {} got 451 ({} of those stored anyway)",
+        all.len(),
+        accepted.len(),
+        failed.len(),
+        failed_but_stored
+    );
+    assert!(!failed.is_empty(), "the outage was seen as 451 4.3.0");
+    for a in &accepted {
+        assert_eq!(
+            per_marker.get(&a.marker),
+            Some(&2),
+            "{} got 250: stored exactly once per recipient",
+            a.marker
+        );
+    }
+    for a in &failed {
+        let n = per_marker.get(&a.marker).copied().unwrap_or(0);
+        assert!(
+            n == 0 || n == 2,
+            "{}: all or nothing, found {n} rows",
+            a.marker
+        );
+    }
+    assert!(
+        per_marker
+            .keys()
+            .all(|m| all.iter().any(|a| &a.marker == m)),
+        "no row that no client sent"
+    );
+    let rows: i64 = per_marker.values().sum();
+    assert_eq!(db.counter().await, rows, "the counter moved with the rows");
+    db.drop_db().await;
+}
+
+fn check_config(c: &mut Config, url: String, query: &str) {
+    c.store = vec![mysql_store(url)];
+    c.recipient_check = Some(RecipientCheckConfig {
+        store: "mysql".into(),
+        query: query.into(),
+        timeout_ms: 1000,
+        cache_ttl_secs: 0,
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recipient_check_against_a_users_table() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    db.exec("CREATE TABLE users (address varchar(255) NOT NULL PRIMARY KEY)")
+        .await;
+    db.exec("INSERT INTO users VALUES ('known@example.com'), ('other@example.com')")
+        .await;
+    let proxy = Proxy::start(db.upstream()).await;
+    let url = db.url_via(proxy.addr());
+
+    // A query the server cannot prepare, or without its one parameter,
+    // stops the start, not the first RCPT.
+    for bad in [
+        "SELECT 1 FROM no_such_table WHERE address = ?",
+        "SELECT 1 FROM users",
+    ] {
+        let mut c = harness::test_config(std::path::Path::new("unused.db"));
+        check_config(&mut c, url.clone(), bad);
+        assert!(gsmtpd::Backends::open(&c).await.is_err(), "{bad}");
+    }
+
+    let server = Server::start_with(|c| {
+        check_config(c, url, "SELECT 1 FROM users WHERE address = ?");
+    })
+    .await;
+    let mut c = server.client().await;
+    c.expect("EHLO client.test", 250).await;
+    c.expect("MAIL FROM:<a@remote.test>", 250).await;
+    c.expect("RCPT TO:<known@example.com>", 250).await;
+    c.expect("RCPT TO:<Known@Example.COM>", 250).await;
+    let r = c.expect("RCPT TO:<unknown@example.com>", 550).await;
+    assert!(r.text.starts_with("5.1.1"), "{r:?}");
+
+    proxy.cut();
+    let r = c.expect("RCPT TO:<other@example.com>", 451).await;
+    assert!(r.text.starts_with("4.3.0"), "{r:?}");
+    proxy.restore();
+    // No cache (cache_ttl_secs = 0): this lookup reached the database again.
+    c.expect("RCPT TO:<other@example.com>", 250).await;
+    c.expect("DATA", 354).await;
+    c.send("Subject: checked\r\n\r\n.\r\n").await;
+    assert_eq!(c.reply().await.code, 250);
+    // The accepted recipients; the second `known@` differed only in case.
+    let stored: Vec<String> =
+        sqlx::query_scalar("SELECT `recipient` FROM new_mail ORDER BY mail_id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, ["known@example.com", "other@example.com"]);
+    server.shutdown().await;
+    drop(proxy);
+    db.drop_db().await;
+}
