@@ -359,3 +359,38 @@ async fn readiness_fails_when_a_required_store_is_down() {
     assert_eq!(http_get(admin, "/healthz").await.0, 200);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_listener_has_its_own_name_and_limits() {
+    let server = Server::start_with(|c| {
+        c.listener.push(ListenerConfig {
+            hostname: Some("submit.test".into()),
+            max_message_size: Some(100),
+            command_timeout_secs: Some(1),
+            ..ListenerConfig::plain("127.0.0.2:0".parse().unwrap())
+        });
+    })
+    .await;
+    let mut first = server.client().await;
+    let ehlo = first.expect("EHLO a.test", 250).await;
+    assert!(ehlo.text.starts_with("mx.test\n"), "{ehlo:?}");
+    assert!(ehlo.text.contains("SIZE 26214400"), "{ehlo:?}");
+
+    let mut second = Client::connect_raw(server.addrs[1]).await;
+    let greeting = second.reply().await;
+    assert_eq!(greeting.text, "submit.test ESMTP gsmtpd");
+    let ehlo = second.expect("EHLO a.test", 250).await;
+    assert!(
+        ehlo.text.starts_with("submit.test\n") && ehlo.text.contains("SIZE 100"),
+        "{ehlo:?}"
+    );
+    second
+        .expect("MAIL FROM:<a@sender.test> SIZE=101", 552)
+        .await;
+    // The 1-second command timeout applies on this listener only.
+    let r = second.reply().await;
+    assert_eq!((r.code, &r.text[..5]), (421, "4.4.2"), "{r:?}");
+    first.expect("NOOP", 250).await;
+    first.expect("QUIT", 221).await;
+    server.shutdown().await;
+}
