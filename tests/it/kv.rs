@@ -3,15 +3,14 @@
 //! it, and a cache that is down or cut never costs a message its `250`
 //! unless the cache is a required store, which then answers `451`.
 //!
-//! "Down" is a loopback relay in front of the shared service that a test
-//! closes and reopens: the service other tests use keeps running.
+//! "Down" is a [`Proxy`](crate::proxy::Proxy) in front of the shared
+//! service that a test cuts and restores: the service other tests use
+//! keeps running.
 
-/// What both stores' tests use: messages, unique names, the server with
-/// one more store, and the relay.
+/// What both stores' tests use: messages, unique names, and the server
+/// with one more store.
 #[cfg(any(feature = "redis", feature = "memcached"))]
 mod support {
-    use std::net::SocketAddr;
-
     use gsmtpd::config::{Backend, StoreConfig};
 
     use crate::harness::{Reply, Server};
@@ -72,120 +71,6 @@ mod support {
     pub(super) fn assert_451(r: &Reply) {
         assert_eq!((r.code, r.text.get(..5)), (451, Some("4.3.0")), "{r:?}");
     }
-
-    /// Where the `host:port` of a service URL starts and ends
-    /// (`redis://[auth@]host:port/db`, `tcp://host:port`).
-    pub(super) fn authority(url: &str) -> (usize, usize) {
-        let start = url.find("://").map_or(0, |i| i + 3);
-        let end = url[start..].find('/').map_or(url.len(), |i| start + i);
-        let host = url[start..end].rfind('@').map_or(start, |i| start + i + 1);
-        (host, end)
-    }
-
-    /// The address a service URL points at.
-    pub(super) async fn service_addr(url: &str) -> SocketAddr {
-        let (a, b) = authority(url);
-        tokio::net::lookup_host(&url[a..b])
-            .await
-            .ok()
-            .and_then(|mut addrs| addrs.next())
-            .unwrap_or_else(|| panic!("{url}: no host:port"))
-    }
-
-    /// `url` pointing at `addr` instead.
-    pub(super) fn via(url: &str, addr: SocketAddr) -> String {
-        let (a, b) = authority(url);
-        format!("{}{addr}{}", &url[..a], &url[b..])
-    }
-
-    /// A TCP relay on loopback in front of a real service. `cut` closes its
-    /// port and every connection through it, as a service that died would;
-    /// `restore` listens on the same port again.
-    pub(super) struct Relay {
-        pub(super) addr: SocketAddr,
-        target: SocketAddr,
-        running: Option<(
-            tokio_util::sync::CancellationToken,
-            tokio_util::task::TaskTracker,
-        )>,
-    }
-
-    impl Relay {
-        pub(super) async fn start(target: SocketAddr) -> Self {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let mut relay = Self {
-                addr: listener.local_addr().unwrap(),
-                target,
-                running: None,
-            };
-            relay.serve(listener);
-            relay
-        }
-
-        fn serve(&mut self, listener: tokio::net::TcpListener) {
-            let stop = tokio_util::sync::CancellationToken::new();
-            let tasks = tokio_util::task::TaskTracker::new();
-            let (target, stop2, tasks2) = (self.target, stop.clone(), tasks.clone());
-            tasks.spawn(async move {
-                loop {
-                    let accepted = tokio::select! {
-                        () = stop2.cancelled() => return,
-                        a = listener.accept() => a,
-                    };
-                    let Ok((mut inbound, _)) = accepted else {
-                        return;
-                    };
-                    let stop3 = stop2.clone();
-                    tasks2.spawn(async move {
-                        let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
-                            return;
-                        };
-                        tokio::select! {
-                            () = stop3.cancelled() => {}
-                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        }
-                    });
-                }
-            });
-            self.running = Some((stop, tasks));
-        }
-
-        /// Returns once the port is closed and every relayed socket dropped.
-        pub(super) async fn cut(&mut self) {
-            if let Some((stop, tasks)) = self.running.take() {
-                stop.cancel();
-                tasks.close();
-                tasks.wait().await;
-            }
-        }
-
-        pub(super) async fn restore(&mut self) {
-            let listener = tokio::net::TcpListener::bind(self.addr)
-                .await
-                .expect("the relay's port is free again");
-            self.serve(listener);
-        }
-    }
-
-    impl Drop for Relay {
-        fn drop(&mut self) {
-            if let Some((stop, _)) = &self.running {
-                stop.cancel();
-            }
-        }
-    }
-
-    #[test]
-    fn service_urls_are_rewritten_to_the_relay() {
-        let relay: SocketAddr = "127.0.0.1:7".parse().unwrap();
-        for (url, want) in [
-            ("redis://127.0.0.1:6379/", "redis://127.0.0.1:7/"),
-            ("redis://:pw@127.0.0.1:6379/2", "redis://:pw@127.0.0.1:7/2"),
-            ("tcp://127.0.0.1:11211", "tcp://127.0.0.1:7"),
-        ] {
-            assert_eq!(via(url, relay), want);
-        }
-    }
 }
 
 #[cfg(feature = "redis")]
@@ -195,8 +80,9 @@ mod redis_store {
     use ::redis::aio::MultiplexedConnection;
     use gsmtpd::config::{Backend, Compression, RedisConfig};
 
-    use super::support::{Relay, assert_451, mime, service_addr, start, unique, via};
+    use super::support::{assert_451, mime, start, unique};
     use crate::harness;
+    use crate::proxy::{Proxy, service_addr, via};
 
     const VAR: &str = "GSMTPD_TEST_REDIS_URL";
     const TTL: i64 = 600;
@@ -433,11 +319,11 @@ mod redis_store {
             return;
         };
         let mut redis = connect(&url).await;
-        let mut relay = Relay::start(service_addr(&url).await).await;
-        relay.cut().await;
+        let mut proxy = Proxy::start(service_addr(&url, 6379).await).await;
+        proxy.cut().await;
         let prefix = format!("{}:", unique("gsmtpd-test-cut"));
         let server = start(
-            backend(&via(&url, relay.addr), &prefix, Compression::None),
+            backend(&via(&url, proxy.addr()), &prefix, Compression::None),
             false,
         )
         .await;
@@ -452,7 +338,7 @@ mod redis_store {
         // A long outage: the store's reconnect attempts have all failed
         // by the time Redis is back, and the first message must still pass.
         tokio::time::sleep(OUTAGE).await;
-        relay.restore().await;
+        proxy.restore().await;
         let id1 = c
             .send_message("s@sender.test", &["d@example.com"], &send("back"))
             .await
@@ -462,14 +348,14 @@ mod redis_store {
             server.raw(&id1)
         );
 
-        relay.cut().await;
+        proxy.cut().await;
         let r = c
             .send_message("s@sender.test", &["d@example.com"], &send("cut"))
             .await;
         assert_451(&r);
 
         tokio::time::sleep(OUTAGE).await;
-        relay.restore().await;
+        proxy.restore().await;
         let id2 = c
             .send_message("s@sender.test", &["d@example.com"], &send("back again"))
             .await
@@ -509,8 +395,9 @@ mod memcached_store {
 
     use gsmtpd::config::{Backend, MemcachedConfig};
 
-    use super::support::{Relay, assert_451, authority, mime, service_addr, start, unique, via};
+    use super::support::{assert_451, mime, start, unique};
     use crate::harness::{self, Server};
+    use crate::proxy::{Proxy, service_addr, via};
 
     const VAR: &str = "GSMTPD_TEST_MEMCACHED_URL";
     const TTL: i64 = 600;
@@ -530,15 +417,15 @@ mod memcached_store {
 
     impl Mc {
         async fn connect(url: &str) -> Self {
-            let (a, b) = authority(url);
-            let stream = tokio::time::timeout(
-                std::time::Duration::from_secs(5),
-                TcpStream::connect(&url[a..b]),
-            )
-            .await
-            .map_err(|_| "timed out".to_owned())
-            .and_then(|r| r.map_err(|e| e.to_string()))
-            .unwrap_or_else(|e| panic!("{VAR}={url} is set but memcached does not answer: {e}"));
+            let addr = service_addr(url, 11211).await;
+            let stream =
+                tokio::time::timeout(std::time::Duration::from_secs(5), TcpStream::connect(addr))
+                    .await
+                    .map_err(|_| "timed out".to_owned())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+                    .unwrap_or_else(|e| {
+                        panic!("{VAR}={url} is set but memcached does not answer: {e}")
+                    });
             Self(BufReader::new(stream))
         }
 
@@ -733,9 +620,9 @@ mod memcached_store {
             return;
         };
         let mut mc = Mc::connect(&url).await;
-        let mut relay = Relay::start(service_addr(&url).await).await;
-        relay.cut().await;
-        let server = start(backend(&via(&url, relay.addr), 1_048_576), false).await;
+        let mut proxy = Proxy::start(service_addr(&url, 11211).await).await;
+        proxy.cut().await;
+        let server = start(backend(&via(&url, proxy.addr()), 1_048_576), false).await;
         let mut c = server.client().await;
         let rcpt = ["e@example.com"];
 
@@ -744,7 +631,7 @@ mod memcached_store {
             .await;
         assert_451(&r);
 
-        relay.restore().await;
+        proxy.restore().await;
         let id = c
             .send_message("s@sender.test", &rcpt, &mime(&unique("back")))
             .await
@@ -754,13 +641,13 @@ mod memcached_store {
             Some(server.raw(&id))
         );
 
-        relay.cut().await;
+        proxy.cut().await;
         let r = c
             .send_message("s@sender.test", &rcpt, &mime(&unique("cut")))
             .await;
         assert_451(&r);
 
-        relay.restore().await;
+        proxy.restore().await;
         let id = c
             .send_message("s@sender.test", &rcpt, &mime(&unique("back again")))
             .await

@@ -8,12 +8,9 @@ mod mime;
 #[cfg(feature = "mysql")]
 mod mysql;
 #[cfg(feature = "postgres")]
-mod pgproxy;
-#[cfg(feature = "postgres")]
 mod postgres;
 mod process;
 mod production;
-#[cfg(feature = "mysql")]
 mod proxy;
 mod smtp;
 mod store;

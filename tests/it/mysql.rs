@@ -7,7 +7,6 @@
 //! because the tests run in parallel against one shared server.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +20,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor, Row};
 
 use crate::harness::{self, Client, Server};
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, service_addr, via};
 
 /// A scratch database on the test server. Dropped by [`TestDb::drop_db`] at
 /// the end of a test, or by `Drop` if the test panicked first.
@@ -71,26 +70,6 @@ impl TestDb {
             .database(&self.name)
             .to_url_lossy()
             .to_string()
-    }
-
-    /// The URL of this database through a proxy listening on `via`.
-    fn url_via(&self, via: SocketAddr) -> String {
-        self.admin
-            .clone()
-            .host(&via.ip().to_string())
-            .port(via.port())
-            .database(&self.name)
-            .to_url_lossy()
-            .to_string()
-    }
-
-    /// The server's address, for a proxy in front of it.
-    fn upstream(&self) -> SocketAddr {
-        (self.admin.get_host(), self.admin.get_port())
-            .to_socket_addrs()
-            .unwrap()
-            .next()
-            .unwrap()
     }
 
     async fn exec(&self, sql: &str) {
@@ -656,8 +635,8 @@ async fn an_outage_answers_451_and_mail_flows_again_without_a_restart() {
     let Some(db) = TestDb::create().await else {
         return;
     };
-    let proxy = Proxy::start(db.upstream()).await;
-    let url = db.url_via(proxy.addr());
+    let mut proxy = Proxy::start(service_addr(&db.url(), 3306).await).await;
+    let url = via(&db.url(), proxy.addr());
     let server = Server::start_with(|c| {
         let mut store = mysql_store(url);
         let Backend::Mysql(m) = &mut store.backend else {
@@ -725,9 +704,9 @@ async fn an_outage_answers_451_and_mail_flows_again_without_a_restart() {
         .collect();
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    proxy.cut();
+    proxy.cut().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    proxy.restore();
+    proxy.restore().await;
     restored.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::SeqCst);
@@ -814,8 +793,8 @@ async fn recipient_check_against_a_users_table() {
         .await;
     db.exec("INSERT INTO users VALUES ('known@example.com'), ('other@example.com')")
         .await;
-    let proxy = Proxy::start(db.upstream()).await;
-    let url = db.url_via(proxy.addr());
+    let mut proxy = Proxy::start(service_addr(&db.url(), 3306).await).await;
+    let url = via(&db.url(), proxy.addr());
 
     // A query the server cannot prepare, or without its one parameter,
     // stops the start, not the first RCPT.
@@ -840,10 +819,10 @@ async fn recipient_check_against_a_users_table() {
     let r = c.expect("RCPT TO:<unknown@example.com>", 550).await;
     assert!(r.text.starts_with("5.1.1"), "{r:?}");
 
-    proxy.cut();
+    proxy.cut().await;
     let r = c.expect("RCPT TO:<other@example.com>", 451).await;
     assert!(r.text.starts_with("4.3.0"), "{r:?}");
-    proxy.restore();
+    proxy.restore().await;
     // No cache (cache_ttl_secs = 0): this lookup reached the database again.
     c.expect("RCPT TO:<other@example.com>", 250).await;
     c.expect("DATA", 354).await;

@@ -5,8 +5,6 @@
 //! Tests run in parallel, so each creates its own database and drops it
 //! when done (even when it fails).
 
-use std::net::SocketAddr;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -15,11 +13,11 @@ use gsmtpd::message::parse;
 use gsmtpd::store::postgres::{PostgresStore, SCHEMA_VERSION};
 use gsmtpd::store::{ErrorKind, Store};
 use gsmtpd::{Envelope, MessageId};
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
+use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::{AssertSqlSafe, Connection, Executor, Row};
 
 use crate::harness::{self, Client, Server};
-use crate::pgproxy::Proxy;
+use crate::proxy::{Proxy, service_addr, via};
 
 /// A database of its own for one test, dropped with it.
 struct TestDb {
@@ -63,17 +61,6 @@ impl TestDb {
     /// A pool for the test's own reads and writes.
     async fn pool(&self) -> PgPool {
         PgPool::connect(&self.url).await.unwrap()
-    }
-
-    /// Where the database really is, for a proxy to forward to.
-    fn upstream(&self) -> SocketAddr {
-        let o = PgConnectOptions::from_str(&self.url).unwrap();
-        let host = if o.get_host() == "localhost" {
-            "127.0.0.1"
-        } else {
-            o.get_host()
-        };
-        format!("{host}:{}", o.get_port()).parse().unwrap()
     }
 
     fn config(&self) -> PostgresConfig {
@@ -120,16 +107,6 @@ fn with_database(url: &str, db: &str) -> String {
     let (authority, tail) = rest.split_at(end);
     let query = tail.find('?').map_or("", |i| &tail[i..]);
     format!("{scheme}://{authority}/{db}{query}")
-}
-
-/// `url` with its host and port replaced by `addr`.
-fn via(url: &str, addr: SocketAddr) -> String {
-    let (scheme, rest) = url.split_once("://").expect("a URL");
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let userinfo = authority.rsplit_once('@').map_or("", |(u, _)| u);
-    let at = if userinfo.is_empty() { "" } else { "@" };
-    format!("{scheme}://{userinfo}{at}{addr}{tail}")
 }
 
 fn postgres_store(cfg: PostgresConfig) -> StoreConfig {
@@ -438,7 +415,7 @@ async fn outage_answers_451_then_mail_flows_again_without_restart() {
     let Some(db) = TestDb::create().await else {
         return;
     };
-    let proxy = Proxy::start(db.upstream()).await;
+    let mut proxy = Proxy::start(service_addr(&db.url, 5432).await).await;
     let cfg = PostgresConfig {
         url: via(&db.url, proxy.addr()),
         timeout_secs: 2,
@@ -465,7 +442,7 @@ async fn outage_answers_451_then_mail_flows_again_without_restart() {
         .await;
     assert_eq!((r.code, &r.text[..5]), (451, "4.3.0"), "{r:?}");
 
-    proxy.restore();
+    proxy.restore().await;
     let again = c
         .send_message(
             "a@sender.test",
@@ -478,7 +455,7 @@ async fn outage_answers_451_then_mail_flows_again_without_restart() {
     // An outage while idle (a database restart at night): the pooled
     // connection died unseen, and the next message must not pay for it.
     proxy.cut().await;
-    proxy.restore();
+    proxy.restore().await;
     let idle = c
         .send_message(
             "a@sender.test",
@@ -518,7 +495,7 @@ async fn a_silent_database_answers_451_after_the_timeout() {
     let Some(db) = TestDb::create().await else {
         return;
     };
-    let proxy = Proxy::start(db.upstream()).await;
+    let mut proxy = Proxy::start(service_addr(&db.url, 5432).await).await;
     let cfg = PostgresConfig {
         url: via(&db.url, proxy.addr()),
         timeout_secs: 2,
@@ -546,7 +523,7 @@ async fn a_silent_database_answers_451_after_the_timeout() {
 
     // The network comes back as a reset of what hung, then service.
     proxy.cut().await;
-    proxy.restore();
+    proxy.restore().await;
     let second = c
         .send_message("a@sender.test", &["r@example.com"], b"Subject: two\r\n\r\n")
         .await
@@ -783,14 +760,5 @@ fn urls_are_rewritten() {
     assert_eq!(
         with_database("postgres://u:p@h/test?sslmode=disable", "x"),
         "postgres://u:p@h/x?sslmode=disable"
-    );
-    let proxy: SocketAddr = "127.0.0.1:6000".parse().unwrap();
-    assert_eq!(
-        via("postgres://postgres@127.0.0.1:5432/x", proxy),
-        "postgres://postgres@127.0.0.1:6000/x"
-    );
-    assert_eq!(
-        via("postgres://h/x?a=b", proxy),
-        "postgres://127.0.0.1:6000/x?a=b"
     );
 }
