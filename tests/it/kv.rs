@@ -7,53 +7,13 @@
 //! service that a test cuts and restores: the service other tests use
 //! keeps running.
 
-/// What both stores' tests use: messages, unique names, and the server
-/// with one more store.
+/// What both stores' tests use: the server with one more store, and the
+/// answer while it is down.
 #[cfg(any(feature = "redis", feature = "memcached"))]
 mod support {
     use gsmtpd::config::{Backend, StoreConfig};
 
     use crate::harness::{Reply, Server};
-
-    /// A message with a text part and a base64 attachment.
-    pub(super) fn mime(subject: &str) -> Vec<u8> {
-        format!(
-            "From: Sender <s@sender.test>\r\n\
-             To: alice@example.com\r\n\
-             Subject: {subject}\r\n\
-             MIME-Version: 1.0\r\n\
-             Content-Type: multipart/mixed; boundary=\"b1\"\r\n\
-             \r\n\
-             --b1\r\n\
-             Content-Type: text/plain; charset=utf-8\r\n\
-             Content-Transfer-Encoding: quoted-printable\r\n\
-             \r\n\
-             Caf=C3=A9 au lait, {subject}.\r\n\
-             --b1\r\n\
-             Content-Type: application/octet-stream; name=\"a.bin\"\r\n\
-             Content-Disposition: attachment; filename=\"a.bin\"\r\n\
-             Content-Transfer-Encoding: base64\r\n\
-             \r\n\
-             AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\r\n\
-             --b1--\r\n"
-        )
-        .into_bytes()
-    }
-
-    /// A name no other test, run or process uses, for keys and subjects.
-    pub(super) fn unique(name: &str) -> String {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        format!(
-            "{name}-{}-{nanos}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        )
-    }
 
     /// Starts the server with the test SQLite store followed by `extra`.
     pub(super) async fn start(extra: Backend, optional: bool) -> Server {
@@ -80,8 +40,8 @@ mod redis_store {
     use ::redis::aio::MultiplexedConnection;
     use gsmtpd::config::{Backend, Compression, RedisConfig};
 
-    use super::support::{assert_451, mime, start, unique};
-    use crate::harness;
+    use super::support::{assert_451, start};
+    use crate::harness::{self, mime, unique};
     use crate::proxy::{Proxy, service_addr, via};
 
     const VAR: &str = "GSMTPD_TEST_REDIS_URL";
@@ -395,8 +355,8 @@ mod memcached_store {
 
     use gsmtpd::config::{Backend, MemcachedConfig};
 
-    use super::support::{assert_451, mime, start, unique};
-    use crate::harness::{self, Server};
+    use super::support::{assert_451, start};
+    use crate::harness::{self, Server, mime, unique};
     use crate::proxy::{Proxy, service_addr, via};
 
     const VAR: &str = "GSMTPD_TEST_MEMCACHED_URL";

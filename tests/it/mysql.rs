@@ -15,7 +15,6 @@ use std::time::{Duration, Instant, SystemTime};
 use gsmtpd::config::{Backend, Config, MysqlConfig, RecipientCheckConfig, StoreConfig};
 use gsmtpd::message::time::Utc;
 use gsmtpd::{Envelope, MessageId, Store};
-use md5::{Digest, Md5};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor, Row};
 
@@ -37,12 +36,7 @@ impl TestDb {
     async fn create() -> Option<Self> {
         let url = harness::service_url("GSMTPD_TEST_MYSQL_URL")?;
         let admin = MySqlConnectOptions::from_str(&url).expect("GSMTPD_TEST_MYSQL_URL parses");
-        let name = format!(
-            "gsmtpd_t_{}",
-            MessageId::generate(SystemTime::now())
-                .as_str()
-                .to_ascii_lowercase()
-        );
+        let name = harness::unique("gsmtpd_t");
         let mut conn = admin.connect().await.unwrap_or_else(|e| {
             panic!("GSMTPD_TEST_MYSQL_URL={url} is set but the server does not answer: {e}")
         });
@@ -193,57 +187,12 @@ fn mysql_store(url: String) -> StoreConfig {
     }
 }
 
-/// MD5 in hex, computed here rather than with the server's helper.
-fn md5_hex(parts: &[&str]) -> String {
-    let mut h = Md5::new();
-    for p in parts {
-        h.update(p.as_bytes());
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+/// The reference message: a quoted-printable ISO-8859-1 subject, an HTML
+/// alternative and an attachment, so every parsed column has something
+/// to show.
+fn reference_message() -> Vec<u8> {
+    harness::mime("=?ISO-8859-1?Q?Gr=FC=DFe_aus_K=F6ln?=")
 }
-
-/// Sends one transaction on an open session; returns the final reply.
-async fn transaction(c: &mut Client, from: &str, to: &[&str], content: &[u8]) -> harness::Reply {
-    c.expect(&format!("MAIL FROM:<{from}>"), 250).await;
-    for r in to {
-        c.expect(&format!("RCPT TO:<{r}>"), 250).await;
-    }
-    c.expect("DATA", 354).await;
-    c.send(gsmtpd::smtp::data::stuff(content)).await;
-    c.reply().await
-}
-
-/// A quoted-printable ISO-8859-1 subject, an HTML alternative and an
-/// attachment: every parsed column has something to show.
-const REFERENCE_MESSAGE: &str = "From: \"Sender Name\" <Sender.Name@Remote.Test>\r\n\
-To: alice.smith@example.com, bob@sub.example.org\r\n\
-Subject: =?ISO-8859-1?Q?Gr=FC=DFe_aus_K=F6ln?=\r\n\
-Message-ID: <ref-1@remote.test>\r\n\
-MIME-Version: 1.0\r\n\
-Content-Type: multipart/mixed; boundary=\"outer\"\r\n\
-\r\n\
---outer\r\n\
-Content-Type: multipart/alternative; boundary=\"inner\"\r\n\
-\r\n\
---inner\r\n\
-Content-Type: text/plain; charset=ISO-8859-1\r\n\
-Content-Transfer-Encoding: quoted-printable\r\n\
-\r\n\
-Gr=FC=DFe, plain text\r\n\
---inner\r\n\
-Content-Type: text/html; charset=ISO-8859-1\r\n\
-Content-Transfer-Encoding: quoted-printable\r\n\
-\r\n\
-<p>Gr=FC=DFe aus K=F6ln</p>\r\n\
---inner--\r\n\
-\r\n\
---outer\r\n\
-Content-Type: application/octet-stream; name=\"data.bin\"\r\n\
-Content-Disposition: attachment; filename=\"data.bin\"\r\n\
-Content-Transfer-Encoding: base64\r\n\
-\r\n\
-AAECAw==\r\n\
---outer--\r\n";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_column_of_new_mail_is_as_the_original_wrote_it() {
@@ -262,21 +211,16 @@ async fn every_column_of_new_mail_is_as_the_original_wrote_it() {
     let mut c = server.client().await;
     c.expect("EHLO client.test", 250).await;
     let rcpts = ["Alice.Smith@example.com", "bob@sub.example.org"];
-    let r = transaction(
-        &mut c,
-        "bounces@remote.test",
-        &rcpts,
-        REFERENCE_MESSAGE.as_bytes(),
-    )
-    .await;
+    let message = reference_message();
+    let r = c.transaction("bounces@remote.test", &rcpts, &message).await;
     let id = r.queued_id();
     let after = Utc::from_system(SystemTime::now() + Duration::from_secs(1)).sql_datetime();
 
     let rows = db.rows("new_mail").await;
     assert_eq!(rows.len(), 2, "one row per accepted recipient");
-    let from = "sender.name@remote.test";
+    let from = "sender@example.net";
     let subject = "Grüße aus Köln";
-    let body = "<p>Grüße aus Köln</p>";
+    let body = "<p>Café <b>html</b></p>";
     for (row, (rcpt, to)) in rows.iter().zip([
         (rcpts[0], "Alice.Smith@mail.test"),
         (rcpts[1], "bob@mail.test"),
@@ -299,13 +243,13 @@ async fn every_column_of_new_mail_is_as_the_original_wrote_it() {
         assert_eq!(row.charset, "ISO-8859-1", "the HTML part's charset");
         assert_eq!(row.content_type, "text/html");
         assert_eq!(row.spam_score, 0.0);
-        assert_eq!(row.hash, md5_hex(&[to, from, subject, body]));
+        assert_eq!(row.hash, harness::md5_hex(&[to, from, subject, body]));
         assert_eq!(row.has_attach, 1);
         assert_eq!(row.ip_addr, "127.0.0.1");
         // The whole stored message: our Received header, then the content.
-        assert_eq!(harness::content(&row.mail), REFERENCE_MESSAGE.as_bytes());
-        let header = String::from_utf8_lossy(&row.mail[..row.mail.len() - REFERENCE_MESSAGE.len()])
-            .into_owned();
+        assert_eq!(harness::content(&row.mail), message);
+        let header =
+            String::from_utf8_lossy(&row.mail[..row.mail.len() - message.len()]).into_owned();
         assert!(
             header.starts_with(&format!(
                 "Received: from client.test ([127.0.0.1])\r\n\tby mx.test (gsmtpd) with ESMTP id {id};"
@@ -320,13 +264,13 @@ async fn every_column_of_new_mail_is_as_the_original_wrote_it() {
     );
 
     // One more message, one recipient: one more row, counter +1.
-    let r = transaction(
-        &mut c,
-        "x@remote.test",
-        &["carol@example.com"],
-        b"Subject: plain\r\n\r\nhello\r\n",
-    )
-    .await;
+    let r = c
+        .transaction(
+            "x@remote.test",
+            &["carol@example.com"],
+            b"Subject: plain\r\n\r\nhello\r\n",
+        )
+        .await;
     assert_eq!(r.code, 250, "{r:?}");
     let rows = db.rows("new_mail").await;
     assert_eq!(rows.len(), 3);
@@ -362,7 +306,7 @@ async fn fan_out_stores_the_same_bytes_in_sqlite_and_mysql() {
         .send_message(
             "a@remote.test",
             &["one@example.com", "two@example.com"],
-            REFERENCE_MESSAGE.as_bytes(),
+            &reference_message(),
         )
         .await;
     let id = r.queued_id();
@@ -458,7 +402,7 @@ async fn values_are_fitted_so_strict_mode_accepts_them() {
     // The hash is the pipeline's, over the values before fitting.
     assert_eq!(
         row.hash,
-        md5_hex(&[
+        harness::md5_hex(&[
             "ünï日本@mail.test",
             "fröm😀@remote.test",
             &subject,
@@ -673,13 +617,13 @@ async fn an_outage_answers_451_and_mail_flows_again_without_a_restart() {
                     };
                     let marker = format!("fault-{i}-{seq}");
                     let content = format!("Subject: {marker}\r\n\r\nbody of {marker}\r\n");
-                    let r = transaction(
-                        c,
-                        "load@remote.test",
-                        &["x@example.com", "y@example.com"],
-                        content.as_bytes(),
-                    )
-                    .await;
+                    let r = c
+                        .transaction(
+                            "load@remote.test",
+                            &["x@example.com", "y@example.com"],
+                            content.as_bytes(),
+                        )
+                        .await;
                     assert!(
                         r.code == 250 || (r.code == 451 && r.text.starts_with("4.3.0")),
                         "{r:?}"

@@ -32,12 +32,7 @@ impl TestDb {
     /// a panic when it is set and the server does not answer.
     async fn create() -> Option<Self> {
         let admin_url = harness::service_url("GSMTPD_TEST_POSTGRES_URL")?;
-        let name = format!(
-            "gsmtpd_t_{}",
-            MessageId::generate(SystemTime::now())
-                .as_str()
-                .to_ascii_lowercase()
-        );
+        let name = harness::unique("gsmtpd_t");
         let mut admin = PgConnection::connect(&admin_url)
             .await
             .unwrap_or_else(|e| panic!("GSMTPD_TEST_POSTGRES_URL={admin_url}: {e}"));
@@ -141,37 +136,6 @@ async fn count(pool: &PgPool, table: &'static str) -> i64 {
         .unwrap()
 }
 
-const MIME: &[u8] = b"From: \"Sender Name\" <Sender@Example.NET>\r\n\
-To: Alice <Alice@example.com>, bob@sub.example.org\r\n\
-Subject: =?ISO-8859-1?Q?Caf=E9_cr=E8me?=\r\n\
-Date: Thu, 3 Dec 2026 17:15:33 +0100\r\n\
-Message-ID: <abc.123@sender.example.net>\r\n\
-MIME-Version: 1.0\r\n\
-Content-Type: multipart/mixed; boundary=\"outer\"\r\n\
-\r\n\
---outer\r\n\
-Content-Type: multipart/alternative; boundary=\"inner\"\r\n\
-\r\n\
---inner\r\n\
-Content-Type: text/plain; charset=ISO-8859-1\r\n\
-Content-Transfer-Encoding: quoted-printable\r\n\
-\r\n\
-Caf=E9 plain\r\n\
---inner\r\n\
-Content-Type: text/html; charset=ISO-8859-1\r\n\
-Content-Transfer-Encoding: quoted-printable\r\n\
-\r\n\
-<p>Caf=E9 <b>html</b></p>\r\n\
---inner--\r\n\
-\r\n\
---outer\r\n\
-Content-Type: application/octet-stream; name=\"data.bin\"\r\n\
-Content-Disposition: attachment; filename=\"data.bin\"\r\n\
-Content-Transfer-Encoding: base64\r\n\
-\r\n\
-AAECAwQ=\r\n\
---outer--\r\n";
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_mime_message_lands_in_postgres_field_by_field() {
     let Some(db) = TestDb::create().await else {
@@ -185,13 +149,14 @@ async fn a_mime_message_lands_in_postgres_field_by_field() {
         c.store.push(postgres_store(cfg));
     })
     .await;
+    let message = harness::mime("=?ISO-8859-1?Q?Caf=E9_cr=E8me?=");
     let before = SystemTime::now();
     let mut c = server.client().await;
     let id = c
         .send_message(
             "sender@example.net",
             &["Alice@example.com", "bob@sub.example.org"],
-            MIME,
+            &message,
         )
         .await
         .queued_id();
@@ -210,7 +175,7 @@ async fn a_mime_message_lands_in_postgres_field_by_field() {
     .unwrap();
     let raw: Vec<u8> = row.get("raw");
     // Byte-exact: our Received header, then the message as sent.
-    assert_eq!(harness::content(&raw), MIME);
+    assert_eq!(harness::content(&raw), message);
     let received = format!(
         "Received: from client.test ([127.0.0.1])\r\n\tby mx.test (gsmtpd) with ESMTP id {id};\r\n\t"
     );
@@ -255,7 +220,7 @@ async fn a_mime_message_lands_in_postgres_field_by_field() {
 
     // One row per recipient, as accepted; the hash is over the recipient
     // rewritten to primary_mail_host, then from, subject and body.
-    let hash = |to: &str| parse::hash(to, "sender@example.net", "Café crème", body);
+    let hash = |to: &str| harness::md5_hex(&[to, "sender@example.net", "Café crème", body]);
     assert_eq!(
         recipients(&pool, &id).await,
         [
@@ -392,12 +357,12 @@ before=00after \0raw =F0=9F=98=80\r\n";
         recipients(&pool, &id).await,
         [(
             "r@example.com".into(),
-            parse::hash(
+            harness::md5_hex(&[
                 "r@example.com",
                 "a@sender.test",
                 &parsed.subject,
                 &parsed.body
-            )
+            ])
         )]
     );
     pool.close().await;
