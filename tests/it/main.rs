@@ -12,6 +12,8 @@ mod postgres;
 mod process;
 mod production;
 mod proxy;
+#[cfg(any(feature = "mysql", feature = "postgres"))]
+mod scratch;
 mod smtp;
 mod store;
 mod tls;

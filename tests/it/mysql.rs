@@ -3,11 +3,10 @@
 //! value fitting under strict mode, packet splitting, an outage in the
 //! middle of a load (through [`Proxy`]), and the recipient check.
 //!
-//! Each test works in its own scratch database, created and dropped here,
-//! because the tests run in parallel against one shared server.
+//! Each test works in its own [`ScratchDb`], because the tests run in
+//! parallel against one shared server.
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -15,55 +14,42 @@ use std::time::{Duration, Instant, SystemTime};
 use gsmtpd::config::{Backend, Config, MysqlConfig, RecipientCheckConfig, StoreConfig};
 use gsmtpd::message::time::Utc;
 use gsmtpd::{Envelope, MessageId, Store};
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
-use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor, Row};
+use sqlx::mysql::{MySqlConnection, MySqlPool, MySqlPoolOptions};
+use sqlx::{AssertSqlSafe, Executor, Row};
 
 use crate::harness::{self, Client, Server};
 use crate::proxy::{Proxy, service_addr, via};
+use crate::scratch::ScratchDb;
 
-/// A scratch database on the test server. Dropped by [`TestDb::drop_db`] at
-/// the end of a test, or by `Drop` if the test panicked first.
+/// A scratch database on the test server, with a pool for the test's own
+/// reads and writes. Dropped by [`TestDb::drop_db`] at the end of a test,
+/// or when the test panicked first by [`ScratchDb`]'s `Drop`.
 struct TestDb {
-    name: String,
-    admin: MySqlConnectOptions,
+    scratch: ScratchDb,
     pool: MySqlPool,
-    dropped: bool,
 }
 
 impl TestDb {
     /// `None` (the test is skipped, and says so) when the URL is unset;
     /// a panic when it is set but the server does not answer.
     async fn create() -> Option<Self> {
-        let url = harness::service_url("GSMTPD_TEST_MYSQL_URL")?;
-        let admin = MySqlConnectOptions::from_str(&url).expect("GSMTPD_TEST_MYSQL_URL parses");
-        let name = harness::unique("gsmtpd_t");
-        let mut conn = admin.connect().await.unwrap_or_else(|e| {
-            panic!("GSMTPD_TEST_MYSQL_URL={url} is set but the server does not answer: {e}")
-        });
-        conn.execute(AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
-            .await
-            .unwrap();
-        conn.close().await.unwrap();
+        let scratch = ScratchDb::create::<MySqlConnection>(
+            "GSMTPD_TEST_MYSQL_URL",
+            |name| format!("CREATE DATABASE `{name}`"),
+            |name| format!("DROP DATABASE IF EXISTS `{name}`"),
+        )
+        .await?;
         let pool = MySqlPoolOptions::new()
             .max_connections(2)
-            .connect_with(admin.clone().database(&name))
+            .connect(&scratch.url)
             .await
             .unwrap();
-        Some(Self {
-            name,
-            admin,
-            pool,
-            dropped: false,
-        })
+        Some(Self { scratch, pool })
     }
 
     /// The URL of this database, for a store.
     fn url(&self) -> String {
-        self.admin
-            .clone()
-            .database(&self.name)
-            .to_url_lossy()
-            .to_string()
+        self.scratch.url.clone()
     }
 
     async fn exec(&self, sql: &str) {
@@ -121,38 +107,9 @@ impl TestDb {
             .collect()
     }
 
-    async fn drop_db(mut self) {
+    async fn drop_db(self) {
         self.pool.close().await;
-        let mut conn = self.admin.connect().await.unwrap();
-        conn.execute(AssertSqlSafe(format!("DROP DATABASE `{}`", self.name)))
-            .await
-            .unwrap();
-        self.dropped = true;
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        if self.dropped {
-            return;
-        }
-        // A test panicked: drop the database on a thread of its own, since
-        // we may be inside the test's runtime.
-        let (admin, name) = (self.admin.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(mut conn) = admin.connect().await {
-                    let _ = conn
-                        .execute(AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{name}`")))
-                        .await;
-                }
-            });
-        })
-        .join();
+        self.scratch.drop_db().await;
     }
 }
 

@@ -1,0 +1,125 @@
+//! Scratch databases for the MySQL and PostgreSQL tests: each test creates
+//! a database of its own on the shared server and drops it when done, even
+//! when it fails, because the tests run in parallel against one server.
+//! The dialects differ only in the statements, which the caller gives.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use sqlx::{AssertSqlSafe, Connection, Executor};
+
+use crate::harness;
+
+/// Runs one statement on a connection of its own to a URL.
+type Exec = fn(String, String) -> Pin<Box<dyn Future<Output = Result<(), sqlx::Error>> + Send>>;
+
+/// A database of one test's own, dropped with it.
+pub struct ScratchDb {
+    /// Its name: a plain identifier no other test uses.
+    pub name: String,
+    /// The URL of this database.
+    pub url: String,
+    /// The URL from the environment, to create and drop it with.
+    admin_url: String,
+    drop_sql: String,
+    exec: Exec,
+    dropped: bool,
+}
+
+impl ScratchDb {
+    /// Creates the database on the server that `var` names, with the
+    /// statement `create` makes of its name; `drop` makes the statement
+    /// that drops it. `None` (the test is skipped, and says so) when `var`
+    /// is unset; a panic when it is set and the server does not answer.
+    pub async fn create<C>(
+        var: &str,
+        create: impl FnOnce(&str) -> String,
+        drop: impl FnOnce(&str) -> String,
+    ) -> Option<Self>
+    where
+        C: Connection + 'static,
+        for<'c> &'c mut C: Executor<'c, Database = C::Database>,
+    {
+        let admin_url = harness::service_url(var)?;
+        let name = harness::unique("gsmtpd_t");
+        let exec: Exec = |url, sql| Box::pin(exec::<C>(url, sql));
+        exec(admin_url.clone(), create(&name))
+            .await
+            .unwrap_or_else(|e| {
+                panic!("{var}={admin_url} is set but the server does not answer: {e}")
+            });
+        Some(Self {
+            url: with_database(&admin_url, &name),
+            drop_sql: drop(&name),
+            name,
+            admin_url,
+            exec,
+            dropped: false,
+        })
+    }
+
+    /// Drops the database now, and fails the test if it cannot.
+    pub async fn drop_db(mut self) {
+        (self.exec)(self.admin_url.clone(), self.drop_sql.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", self.drop_sql));
+        self.dropped = true;
+    }
+}
+
+impl Drop for ScratchDb {
+    /// Dropped from inside a runtime, which cannot block on its own
+    /// futures: the clean-up runs on a thread with a runtime of its own.
+    fn drop(&mut self) {
+        if self.dropped {
+            return;
+        }
+        let (exec, url, sql) = (self.exec, self.admin_url.clone(), self.drop_sql.clone());
+        let done = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(exec(url, sql))
+        })
+        .join();
+        if !matches!(done, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}: {done:?}", self.name);
+        }
+    }
+}
+
+async fn exec<C>(url: String, sql: String) -> Result<(), sqlx::Error>
+where
+    C: Connection + 'static,
+    for<'c> &'c mut C: Executor<'c, Database = C::Database>,
+{
+    let mut conn = C::connect(&url).await?;
+    conn.execute(AssertSqlSafe(sql)).await?;
+    conn.close().await
+}
+
+/// `url` with its database replaced by `db`, query string kept.
+fn with_database(url: &str, db: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let query = tail.find('?').map_or("", |i| &tail[i..]);
+    format!("{scheme}://{authority}/{db}{query}")
+}
+
+#[test]
+fn urls_are_rewritten() {
+    assert_eq!(
+        with_database("postgres://postgres@127.0.0.1:5432/test", "x"),
+        "postgres://postgres@127.0.0.1:5432/x"
+    );
+    assert_eq!(
+        with_database("postgres://u:p@h/test?sslmode=disable", "x"),
+        "postgres://u:p@h/x?sslmode=disable"
+    );
+    assert_eq!(
+        with_database("mysql://root@127.0.0.1:3306/test", "x"),
+        "mysql://root@127.0.0.1:3306/x"
+    );
+}
