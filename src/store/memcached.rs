@@ -239,7 +239,6 @@ fn exptime(ttl_secs: u64, now: SystemTime) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::MessageId;
 
     #[test]
     fn expiry_is_relative_up_to_30_days_then_absolute() {
@@ -284,20 +283,8 @@ mod tests {
 
     fn envelope(raw: &'static [u8], recipients: &[&str], hashes: &[&str]) -> Arc<Envelope> {
         Arc::new(Envelope {
-            id: MessageId::generate(SystemTime::now()),
-            received_at: SystemTime::now(),
-            client: "127.0.0.1:1".parse().unwrap(),
-            helo: "h".into(),
-            esmtp: true,
-            tls: false,
-            mail_from: String::new(),
-            recipients: recipients.iter().map(|s| s.to_string()).collect(),
-            body: Default::default(),
-            smtputf8: false,
-            raw: bytes::Bytes::from_static(raw),
-            header_len: 0,
-            parsed: None,
             hashes: hashes.iter().map(|s| s.to_string()).collect(),
+            ..Envelope::fixture(recipients, raw)
         })
     }
 
