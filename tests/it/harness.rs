@@ -3,9 +3,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use gsmtpd::config::{Backend, Config, SqliteConfig, StoreConfig};
+use gsmtpd::{Envelope, MessageId};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -49,7 +51,7 @@ pub fn service_url(var: &str) -> Option<String> {
 )]
 pub fn unique(prefix: &str) -> String {
     // Message ids are unique across processes (see `message::id`).
-    let id = gsmtpd::MessageId::generate(std::time::SystemTime::now());
+    let id = MessageId::generate(SystemTime::now());
     format!("{prefix}_{}", id.as_str().to_ascii_lowercase())
 }
 
@@ -121,6 +123,29 @@ pub fn md5_hex(parts: &[&str]) -> String {
         h.update(p.as_bytes());
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An envelope for tests that drive a store directly: `raw` (without a
+/// header of ours) for `recipients`, from `s@sender.test` at 192.0.2.9,
+/// received now over plain ESMTP, neither parsed nor hashed.
+#[cfg_attr(not(any(feature = "mysql", feature = "postgres")), allow(dead_code))]
+pub fn envelope(recipients: &[&str], raw: impl Into<bytes::Bytes>) -> Arc<Envelope> {
+    Arc::new(Envelope {
+        id: MessageId::generate(SystemTime::now()),
+        received_at: SystemTime::now(),
+        client: SocketAddr::from(([192, 0, 2, 9], 25)),
+        helo: "client.test".into(),
+        esmtp: true,
+        tls: false,
+        mail_from: "s@sender.test".into(),
+        recipients: recipients.iter().map(|r| r.to_string()).collect(),
+        body: Default::default(),
+        smtputf8: false,
+        raw: raw.into(),
+        header_len: 0,
+        parsed: None,
+        hashes: Vec::new(),
+    })
 }
 
 /// How long a test waits for any one reply before it fails.

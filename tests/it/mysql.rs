@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use gsmtpd::Store;
 use gsmtpd::config::{Backend, Config, MysqlConfig, RecipientCheckConfig, StoreConfig};
 use gsmtpd::message::time::Utc;
-use gsmtpd::{Envelope, MessageId, Store};
 use sqlx::mysql::{MySqlConnection, MySqlPool, MySqlPoolOptions};
 use sqlx::{AssertSqlSafe, Executor, Row};
 
@@ -455,25 +455,6 @@ async fn successor_columns_and_a_custom_table_name() {
     db.drop_db().await;
 }
 
-fn envelope(recipients: &[&str], raw: Vec<u8>) -> Arc<Envelope> {
-    Arc::new(Envelope {
-        id: MessageId::generate(SystemTime::now()),
-        received_at: SystemTime::now(),
-        client: "192.0.2.1:25".parse().unwrap(),
-        helo: "client.test".into(),
-        esmtp: true,
-        tls: false,
-        mail_from: "a@remote.test".into(),
-        recipients: recipients.iter().map(|r| r.to_string()).collect(),
-        body: Default::default(),
-        smtputf8: false,
-        raw: raw.into(),
-        header_len: 0,
-        parsed: None,
-        hashes: Vec::new(),
-    })
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_over_max_allowed_packet_is_split_and_a_row_over_it_is_refused() {
     let Some(db) = TestDb::create().await else {
@@ -496,7 +477,7 @@ async fn a_batch_over_max_allowed_packet_is_split_and_a_row_over_it_is_refused()
     // Six rows of 40% of a packet each: no two-and-a-half fit one INSERT.
     let part = packet * 2 / 5;
     let batch: Vec<_> = (0..3u8)
-        .map(|i| envelope(&["a@example.com", "b@example.com"], vec![b'a' + i; part]))
+        .map(|i| harness::envelope(&["a@example.com", "b@example.com"], vec![b'a' + i; part]))
         .collect();
     store.commit(&batch).await.unwrap();
     let sizes: Vec<(String, i64)> = sqlx::query_as(
@@ -515,8 +496,8 @@ async fn a_batch_over_max_allowed_packet_is_split_and_a_row_over_it_is_refused()
 
     // A message whose row cannot fit any packet fails its whole batch, and
     // nothing of that batch is stored.
-    let small = envelope(&["c@example.com"], b"Subject: small\r\n\r\n".to_vec());
-    let huge = envelope(&["d@example.com"], vec![b'x'; packet + 1]);
+    let small = harness::envelope(&["c@example.com"], &b"Subject: small\r\n\r\n"[..]);
+    let huge = harness::envelope(&["d@example.com"], vec![b'x'; packet + 1]);
     let err = store.commit(&[small, huge.clone()]).await.unwrap_err();
     assert!(err.message.contains(huge.id.as_str()), "{err}");
     assert_eq!(db.scalar("SELECT COUNT(*) FROM new_mail").await, 6);

@@ -11,7 +11,6 @@ use gsmtpd::config::{Backend, Config, PostgresConfig, RecipientCheckConfig, Stor
 use gsmtpd::message::parse;
 use gsmtpd::store::postgres::{PostgresStore, SCHEMA_VERSION};
 use gsmtpd::store::{ErrorKind, Store};
-use gsmtpd::{Envelope, MessageId};
 use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::{AssertSqlSafe, Row};
 
@@ -604,25 +603,6 @@ async fn without_create_tables_missing_tables_stop_the_start() {
     );
 }
 
-fn envelope(raw: bytes::Bytes) -> Arc<Envelope> {
-    Arc::new(Envelope {
-        id: MessageId::generate(SystemTime::now()),
-        received_at: SystemTime::now(),
-        client: "192.0.2.9:25".parse().unwrap(),
-        helo: "client.test".into(),
-        esmtp: true,
-        tls: false,
-        mail_from: "s@sender.test".into(),
-        recipients: vec!["r@example.com".into()],
-        body: Default::default(),
-        smtputf8: false,
-        raw,
-        header_len: 0,
-        parsed: None,
-        hashes: Vec::new(),
-    })
-}
-
 /// Batches over the statement size limit are written in several
 /// statements, still in one transaction: a failure in the last one leaves
 /// nothing of the first.
@@ -633,12 +613,12 @@ async fn a_large_batch_is_split_but_stays_all_or_nothing() {
     };
     let pool = db.pool().await;
     let mut store = PostgresStore::connect(&db.config()).await.unwrap();
-    let small = envelope(bytes::Bytes::from_static(b"Subject: small\r\n\r\n"));
+    let small = harness::envelope(&["r@example.com"], &b"Subject: small\r\n\r\n"[..]);
     store.commit(std::slice::from_ref(&small)).await.unwrap();
 
     // Three messages of 22 MiB: 66 MiB is over the 64 MiB per statement.
     let big: Vec<_> = (0..3u8)
-        .map(|k| envelope(vec![b'a' + k; 22 << 20].into()))
+        .map(|k| harness::envelope(&["r@example.com"], vec![b'a' + k; 22 << 20]))
         .collect();
     let mut failing = big.clone();
     failing.push(small.clone());
