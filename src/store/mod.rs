@@ -63,6 +63,11 @@ impl StoreError {
             message: message.to_string().into(),
         }
     }
+
+    /// The server gave no answer within `timeout`: transient.
+    pub fn timed_out(store: &'static str, timeout: std::time::Duration) -> Self {
+        Self::transient(store, format!("no answer within {} s", timeout.as_secs()))
+    }
 }
 
 /// A durable destination for messages.

@@ -511,10 +511,7 @@ impl Store for PostgresStore {
         {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(context("ping failed", e)),
-            Err(_) => Err(StoreError::transient(
-                NAME,
-                format!("no answer within {} s", self.timeout.as_secs()),
-            )),
+            Err(_) => Err(StoreError::timed_out(NAME, self.timeout)),
         }
     }
 
