@@ -3,11 +3,10 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use gsmtpd::MessageId;
 use gsmtpd::config::{Backend, Config, SqliteConfig, StoreConfig};
-use gsmtpd::{Envelope, MessageId};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -103,49 +102,6 @@ pub fn mime(subject: &str) -> Vec<u8> {
          --outer--\r\n"
     )
     .into_bytes()
-}
-
-/// MD5 of the concatenated `parts` in lower-case hex, computed here rather
-/// than with the server's helper, to check the hashes the stores write.
-#[cfg_attr(
-    not(any(
-        feature = "mysql",
-        feature = "postgres",
-        feature = "redis",
-        feature = "memcached"
-    )),
-    allow(dead_code)
-)]
-pub fn md5_hex(parts: &[&str]) -> String {
-    use md5::{Digest, Md5};
-    let mut h = Md5::new();
-    for p in parts {
-        h.update(p.as_bytes());
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// An envelope for tests that drive a store directly: `raw` (without a
-/// header of ours) for `recipients`, from `s@sender.test` at 192.0.2.9,
-/// received now over plain ESMTP, neither parsed nor hashed.
-#[cfg_attr(not(any(feature = "mysql", feature = "postgres")), allow(dead_code))]
-pub fn envelope(recipients: &[&str], raw: impl Into<bytes::Bytes>) -> Arc<Envelope> {
-    Arc::new(Envelope {
-        id: MessageId::generate(SystemTime::now()),
-        received_at: SystemTime::now(),
-        client: SocketAddr::from(([192, 0, 2, 9], 25)),
-        helo: "client.test".into(),
-        esmtp: true,
-        tls: false,
-        mail_from: "s@sender.test".into(),
-        recipients: recipients.iter().map(|r| r.to_string()).collect(),
-        body: Default::default(),
-        smtputf8: false,
-        raw: raw.into(),
-        header_len: 0,
-        parsed: None,
-        hashes: Vec::new(),
-    })
 }
 
 /// How long a test waits for any one reply before it fails.

@@ -42,7 +42,7 @@ mod redis_store {
 
     use super::support::{assert_451, start};
     use crate::harness::{self, mime, unique};
-    use crate::proxy::{Proxy, service_addr, via};
+    use crate::proxy::Proxy;
 
     const VAR: &str = "GSMTPD_TEST_REDIS_URL";
     const TTL: i64 = 600;
@@ -279,14 +279,10 @@ mod redis_store {
             return;
         };
         let mut redis = connect(&url).await;
-        let mut proxy = Proxy::start(service_addr(&url, 6379).await).await;
+        let (mut proxy, proxied) = Proxy::in_front_of(&url, 6379).await;
         proxy.cut().await;
         let prefix = format!("{}:", unique("gsmtpd-test-cut"));
-        let server = start(
-            backend(&via(&url, proxy.addr()), &prefix, Compression::None),
-            false,
-        )
-        .await;
+        let server = start(backend(&proxied, &prefix, Compression::None), false).await;
         let mut c = server.client().await;
         let send = |n: &str| format!("Subject: {n}\r\n\r\n").into_bytes();
 
@@ -357,7 +353,7 @@ mod memcached_store {
 
     use super::support::{assert_451, start};
     use crate::harness::{self, Server, mime, unique};
-    use crate::proxy::{Proxy, service_addr, via};
+    use crate::proxy::{Proxy, service_addr};
 
     const VAR: &str = "GSMTPD_TEST_MEMCACHED_URL";
     const TTL: i64 = 600;
@@ -580,9 +576,9 @@ mod memcached_store {
             return;
         };
         let mut mc = Mc::connect(&url).await;
-        let mut proxy = Proxy::start(service_addr(&url, 11211).await).await;
+        let (mut proxy, proxied) = Proxy::in_front_of(&url, 11211).await;
         proxy.cut().await;
-        let server = start(backend(&via(&url, proxy.addr()), 1_048_576), false).await;
+        let server = start(backend(&proxied, 1_048_576), false).await;
         let mut c = server.client().await;
         let rcpt = ["e@example.com"];
 

@@ -12,8 +12,8 @@ mod postgres;
 mod process;
 mod production;
 mod proxy;
-#[cfg(any(feature = "mysql", feature = "postgres"))]
-mod scratch;
 mod smtp;
+#[cfg(any(feature = "mysql", feature = "postgres"))]
+mod sql;
 mod store;
 mod tls;

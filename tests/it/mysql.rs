@@ -18,8 +18,8 @@ use sqlx::mysql::{MySqlConnection, MySqlPool, MySqlPoolOptions};
 use sqlx::{AssertSqlSafe, Executor, Row};
 
 use crate::harness::{self, Client, Server};
-use crate::proxy::{Proxy, service_addr, via};
-use crate::scratch::ScratchDb;
+use crate::proxy::Proxy;
+use crate::sql::{self, ScratchDb};
 
 /// A scratch database on the test server, with a pool for the test's own
 /// reads and writes. Dropped by [`TestDb::drop_db`] at the end of a test,
@@ -50,6 +50,17 @@ impl TestDb {
     /// The URL of this database, for a store.
     fn url(&self) -> String {
         self.scratch.url.clone()
+    }
+
+    /// A server whose only store is this database, with `to` rewritten to
+    /// `primary_mail_host = "mail.test"`.
+    async fn only_store(&self) -> Server {
+        let url = self.url();
+        Server::start_with(|c| {
+            c.primary_mail_host = Some("mail.test".into());
+            c.store = vec![mysql_store(url)];
+        })
+        .await
     }
 
     async fn exec(&self, sql: &str) {
@@ -156,12 +167,7 @@ async fn every_column_of_new_mail_is_as_the_original_wrote_it() {
     let Some(db) = TestDb::create().await else {
         return;
     };
-    let url = db.url();
-    let server = Server::start_with(|c| {
-        c.primary_mail_host = Some("mail.test".into());
-        c.store = vec![mysql_store(url)];
-    })
-    .await;
+    let server = db.only_store().await;
     assert_eq!(db.counter().await, 0, "create_tables adds the counter row");
 
     let before = Utc::from_system(SystemTime::now() - Duration::from_secs(1)).sql_datetime();
@@ -200,7 +206,7 @@ async fn every_column_of_new_mail_is_as_the_original_wrote_it() {
         assert_eq!(row.charset, "ISO-8859-1", "the HTML part's charset");
         assert_eq!(row.content_type, "text/html");
         assert_eq!(row.spam_score, 0.0);
-        assert_eq!(row.hash, harness::md5_hex(&[to, from, subject, body]));
+        assert_eq!(row.hash, sql::md5_hex(&[to, from, subject, body]));
         assert_eq!(row.has_attach, 1);
         assert_eq!(row.ip_addr, "127.0.0.1");
         // The whole stored message: our Received header, then the content.
@@ -292,12 +298,7 @@ async fn values_are_fitted_so_strict_mode_accepts_them() {
     let Some(db) = TestDb::create().await else {
         return;
     };
-    let url = db.url();
-    let server = Server::start_with(|c| {
-        c.primary_mail_host = Some("mail.test".into());
-        c.store = vec![mysql_store(url)];
-    })
-    .await;
+    let server = db.only_store().await;
     // The premise: the server refuses what does not fit, rather than
     // fitting it itself.
     let refused = sqlx::query(
@@ -359,7 +360,7 @@ async fn values_are_fitted_so_strict_mode_accepts_them() {
     // The hash is the pipeline's, over the values before fitting.
     assert_eq!(
         row.hash,
-        harness::md5_hex(&[
+        sql::md5_hex(&[
             "ünï日本@mail.test",
             "fröm😀@remote.test",
             &subject,
@@ -477,7 +478,7 @@ async fn a_batch_over_max_allowed_packet_is_split_and_a_row_over_it_is_refused()
     // Six rows of 40% of a packet each: no two-and-a-half fit one INSERT.
     let part = packet * 2 / 5;
     let batch: Vec<_> = (0..3u8)
-        .map(|i| harness::envelope(&["a@example.com", "b@example.com"], vec![b'a' + i; part]))
+        .map(|i| sql::envelope(&["a@example.com", "b@example.com"], vec![b'a' + i; part]))
         .collect();
     store.commit(&batch).await.unwrap();
     let sizes: Vec<(String, i64)> = sqlx::query_as(
@@ -496,8 +497,8 @@ async fn a_batch_over_max_allowed_packet_is_split_and_a_row_over_it_is_refused()
 
     // A message whose row cannot fit any packet fails its whole batch, and
     // nothing of that batch is stored.
-    let small = harness::envelope(&["c@example.com"], &b"Subject: small\r\n\r\n"[..]);
-    let huge = harness::envelope(&["d@example.com"], vec![b'x'; packet + 1]);
+    let small = sql::envelope(&["c@example.com"], &b"Subject: small\r\n\r\n"[..]);
+    let huge = sql::envelope(&["d@example.com"], vec![b'x'; packet + 1]);
     let err = store.commit(&[small, huge.clone()]).await.unwrap_err();
     assert!(err.message.contains(huge.id.as_str()), "{err}");
     assert_eq!(db.scalar("SELECT COUNT(*) FROM new_mail").await, 6);
@@ -517,8 +518,7 @@ async fn an_outage_answers_451_and_mail_flows_again_without_a_restart() {
     let Some(db) = TestDb::create().await else {
         return;
     };
-    let mut proxy = Proxy::start(service_addr(&db.url(), 3306).await).await;
-    let url = via(&db.url(), proxy.addr());
+    let (mut proxy, url) = Proxy::in_front_of(&db.url(), 3306).await;
     let server = Server::start_with(|c| {
         let mut store = mysql_store(url);
         let Backend::Mysql(m) = &mut store.backend else {
@@ -675,8 +675,7 @@ async fn recipient_check_against_a_users_table() {
         .await;
     db.exec("INSERT INTO users VALUES ('known@example.com'), ('other@example.com')")
         .await;
-    let mut proxy = Proxy::start(service_addr(&db.url(), 3306).await).await;
-    let url = via(&db.url(), proxy.addr());
+    let (mut proxy, url) = Proxy::in_front_of(&db.url(), 3306).await;
 
     // A query the server cannot prepare, or without its one parameter,
     // stops the start, not the first RCPT.

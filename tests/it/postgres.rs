@@ -15,8 +15,8 @@ use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::harness::{self, Client, Server};
-use crate::proxy::{Proxy, service_addr, via};
-use crate::scratch::ScratchDb;
+use crate::proxy::Proxy;
+use crate::sql::{self, ScratchDb};
 
 /// A [`ScratchDb`] for one test, dropped with it.
 struct TestDb(ScratchDb);
@@ -53,6 +53,19 @@ impl TestDb {
             create_tables: true,
             timeout_secs: 5,
         }
+    }
+
+    /// A proxy in front of the database, and a server whose only store is
+    /// the database through it, with a 2 s timeout.
+    async fn behind_proxy(&self) -> (Proxy, Server) {
+        let (proxy, url) = Proxy::in_front_of(self.url(), 5432).await;
+        let cfg = PostgresConfig {
+            url,
+            timeout_secs: 2,
+            ..self.config()
+        };
+        let server = Server::start_with(|c| c.store = vec![postgres_store(cfg)]).await;
+        (proxy, server)
     }
 }
 
@@ -172,7 +185,7 @@ async fn a_mime_message_lands_in_postgres_field_by_field() {
 
     // One row per recipient, as accepted; the hash is over the recipient
     // rewritten to primary_mail_host, then from, subject and body.
-    let hash = |to: &str| harness::md5_hex(&[to, "sender@example.net", "Café crème", body]);
+    let hash = |to: &str| sql::md5_hex(&[to, "sender@example.net", "Café crème", body]);
     assert_eq!(
         recipients(&pool, &id).await,
         [
@@ -309,7 +322,7 @@ before=00after \0raw =F0=9F=98=80\r\n";
         recipients(&pool, &id).await,
         [(
             "r@example.com".into(),
-            harness::md5_hex(&[
+            sql::md5_hex(&[
                 "r@example.com",
                 "a@sender.test",
                 &parsed.subject,
@@ -332,13 +345,7 @@ async fn outage_answers_451_then_mail_flows_again_without_restart() {
     let Some(db) = TestDb::create().await else {
         return;
     };
-    let mut proxy = Proxy::start(service_addr(db.url(), 5432).await).await;
-    let cfg = PostgresConfig {
-        url: via(db.url(), proxy.addr()),
-        timeout_secs: 2,
-        ..db.config()
-    };
-    let server = Server::start_with(|c| c.store = vec![postgres_store(cfg)]).await;
+    let (mut proxy, server) = db.behind_proxy().await;
     let mut c = server.client().await;
     let first = c
         .send_message(
@@ -412,13 +419,7 @@ async fn a_silent_database_answers_451_after_the_timeout() {
     let Some(db) = TestDb::create().await else {
         return;
     };
-    let mut proxy = Proxy::start(service_addr(db.url(), 5432).await).await;
-    let cfg = PostgresConfig {
-        url: via(db.url(), proxy.addr()),
-        timeout_secs: 2,
-        ..db.config()
-    };
-    let server = Server::start_with(|c| c.store = vec![postgres_store(cfg)]).await;
+    let (mut proxy, server) = db.behind_proxy().await;
     let mut c = server.client().await;
     let first = c
         .send_message("a@sender.test", &["r@example.com"], b"Subject: one\r\n\r\n")
@@ -613,12 +614,12 @@ async fn a_large_batch_is_split_but_stays_all_or_nothing() {
     };
     let pool = db.pool().await;
     let mut store = PostgresStore::connect(&db.config()).await.unwrap();
-    let small = harness::envelope(&["r@example.com"], &b"Subject: small\r\n\r\n"[..]);
+    let small = sql::envelope(&["r@example.com"], &b"Subject: small\r\n\r\n"[..]);
     store.commit(std::slice::from_ref(&small)).await.unwrap();
 
     // Three messages of 22 MiB: 66 MiB is over the 64 MiB per statement.
     let big: Vec<_> = (0..3u8)
-        .map(|k| harness::envelope(&["r@example.com"], vec![b'a' + k; 22 << 20]))
+        .map(|k| sql::envelope(&["r@example.com"], vec![b'a' + k; 22 << 20]))
         .collect();
     let mut failing = big.clone();
     failing.push(small.clone());

@@ -73,6 +73,14 @@ impl Proxy {
         proxy
     }
 
+    /// A proxy in front of the service that `url` names (on `default_port`
+    /// when it names none), and `url` pointing at the proxy.
+    pub async fn in_front_of(url: &str, default_port: u16) -> (Self, String) {
+        let proxy = Self::start(service_addr(url, default_port).await).await;
+        let proxied = via(url, proxy.addr());
+        (proxy, proxied)
+    }
+
     fn listen(&mut self, listener: TcpListener) {
         self.accepter = Some(tokio::spawn(accept(
             listener,

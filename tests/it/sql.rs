@@ -1,11 +1,17 @@
-//! Scratch databases for the MySQL and PostgreSQL tests: each test creates
-//! a database of its own on the shared server and drops it when done, even
-//! when it fails, because the tests run in parallel against one server.
-//! The dialects differ only in the statements, which the caller gives.
+//! What the MySQL and PostgreSQL tests share. Scratch databases: each test
+//! creates a database of its own on the shared server and drops it when
+//! done, even when it fails, because the tests run in parallel against one
+//! server; the dialects differ only in the statements, which the caller
+//! gives. Envelopes to drive a store with directly, and an MD5 of our own
+//! to check the hashes the stores write.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
 
+use gsmtpd::{Envelope, MessageId};
 use sqlx::{AssertSqlSafe, Connection, Executor};
 
 use crate::harness;
@@ -97,6 +103,39 @@ where
     let mut conn = C::connect(&url).await?;
     conn.execute(AssertSqlSafe(sql)).await?;
     conn.close().await
+}
+
+/// MD5 of the concatenated `parts` in lower-case hex, computed here rather
+/// than with the server's helper, to check the hashes the stores write.
+pub fn md5_hex(parts: &[&str]) -> String {
+    use md5::{Digest, Md5};
+    let mut h = Md5::new();
+    for p in parts {
+        h.update(p.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An envelope for tests that drive a store directly: `raw` (without a
+/// header of ours) for `recipients`, from `s@sender.test` at 192.0.2.9,
+/// received now over plain ESMTP, neither parsed nor hashed.
+pub fn envelope(recipients: &[&str], raw: impl Into<bytes::Bytes>) -> Arc<Envelope> {
+    Arc::new(Envelope {
+        id: MessageId::generate(SystemTime::now()),
+        received_at: SystemTime::now(),
+        client: SocketAddr::from(([192, 0, 2, 9], 25)),
+        helo: "client.test".into(),
+        esmtp: true,
+        tls: false,
+        mail_from: "s@sender.test".into(),
+        recipients: recipients.iter().map(|r| r.to_string()).collect(),
+        body: Default::default(),
+        smtputf8: false,
+        raw: raw.into(),
+        header_len: 0,
+        parsed: None,
+        hashes: Vec::new(),
+    })
 }
 
 /// `url` with its database replaced by `db`, query string kept.
