@@ -59,14 +59,7 @@ impl Proc {
             addr: "0.0.0.0:0".parse().unwrap(),
             log,
         };
-        let line = p.wait_for("listening addr=");
-        p.addr = line
-            .split("listening addr=")
-            .nth(1)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        p.addr = listening_addr(&p.wait_for("listening addr="));
         p
     }
 
@@ -78,21 +71,7 @@ impl Proc {
 
     /// Waits for the `n`th log line containing `needle`.
     fn wait_for_nth(&self, needle: &str, n: usize) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(l) = self
-                .log
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|l| l.contains(needle))
-                .nth(n - 1)
-            {
-                return l.clone();
-            }
-            assert!(Instant::now() < deadline, "no log line with {needle:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_line(|| self.log.lock().unwrap().join("\n"), needle, n)
     }
 
     fn signal(&self, sig: i32) {
@@ -111,6 +90,30 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Waits up to 30 s for the `n`th line of `log()` containing `needle`.
+fn wait_for_line(log: impl Fn() -> String, needle: &str, n: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = log();
+        if let Some(l) = log.lines().filter(|l| l.contains(needle)).nth(n - 1) {
+            return l.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log line with {needle:?}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The address in a `listening addr=...` log line.
+fn listening_addr(line: &str) -> SocketAddr {
+    line.split("listening addr=")
+        .nth(1)
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
 }
 
 impl Drop for Proc {
@@ -402,27 +405,8 @@ async fn sighup_reload_sigusr1_reopen_and_pid_file() {
         .spawn()
         .unwrap();
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    let wait_log = |needle: &str, n: usize| -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(l) = read_log().lines().filter(|l| l.contains(needle)).nth(n - 1) {
-                return l.to_owned();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no log line with {needle:?}:\n{}",
-                read_log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    let addr: SocketAddr = wait_log("listening addr=", 1)
-        .split("listening addr=")
-        .nth(1)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let wait_log = |needle: &str, n: usize| wait_for_line(read_log, needle, n);
+    let addr = listening_addr(&wait_log("listening addr=", 1));
     assert_eq!(
         std::fs::read_to_string(&pid).unwrap().trim(),
         child.id().to_string()
