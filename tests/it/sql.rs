@@ -22,7 +22,7 @@ type Exec = fn(String, String) -> Pin<Box<dyn Future<Output = Result<(), sqlx::E
 /// A database of one test's own, dropped with it.
 pub struct ScratchDb {
     /// Its name: a plain identifier no other test uses.
-    pub name: String,
+    name: String,
     /// The URL of this database.
     pub url: String,
     /// The URL from the environment, to create and drop it with.
