@@ -108,6 +108,17 @@ fn wait_for_line(log: impl Fn() -> String, needle: &str, n: usize) -> String {
     }
 }
 
+/// Sends SIGTERM to `child` and checks that it exits cleanly.
+async fn terminate(mut child: Child) {
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
 /// The address in a `listening addr=...` log line.
 fn listening_addr(line: &str) -> SocketAddr {
     line.split("listening addr=")
@@ -187,7 +198,7 @@ async fn port_and_log_flags_then_sigterm_exits_zero() {
         .local_addr()
         .unwrap()
         .port();
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args([
             "-c",
             cfg.to_str().unwrap(),
@@ -214,13 +225,7 @@ async fn port_and_log_flags_then_sigterm_exits_zero() {
         .await
         .queued_id();
     c.expect("QUIT", 221).await;
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "{status}");
+    terminate(child).await;
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
         text.contains(&format!("listening addr=127.0.0.1:{port}")),
@@ -399,7 +404,7 @@ async fn sighup_reload_sigusr1_reopen_and_pid_file() {
     let cfg = d.join("gsmtpd.toml");
     // Log to stderr for the address, and to a file via -l? One sink only:
     // the file. Its first line gives the address.
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(["-c", cfg.to_str().unwrap(), "-l", log.to_str().unwrap()])
         .stderr(Stdio::null())
         .spawn()
@@ -470,11 +475,6 @@ async fn sighup_reload_sigusr1_reopen_and_pid_file() {
             .contains("configuration reloaded")
     );
 
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "{status}");
+    terminate(child).await;
     assert!(!pid.exists(), "the pid file is removed at exit");
 }
