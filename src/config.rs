@@ -740,17 +740,14 @@ impl Config {
                     return bad(format!("store {kind:?} needs the pipeline step {need:?}"));
                 }
             }
-            if let Backend::Mysql(m) = &s.backend {
-                if !is_plain_identifier(&m.table) {
-                    return bad(format!(
-                        "store \"mysql\": table {:?} must be a plain identifier \
-                         (ASCII letters, digits, _ or $, at most 64, not only digits)",
-                        m.table
-                    ));
-                }
-                if m.timeout_secs == 0 {
-                    return bad("store \"mysql\": timeout_secs must be greater than 0".into());
-                }
+            if let Backend::Mysql(m) = &s.backend
+                && !is_plain_identifier(&m.table)
+            {
+                return bad(format!(
+                    "store \"mysql\": table {:?} must be a plain identifier \
+                     (ASCII letters, digits, _ or $, at most 64, not only digits)",
+                    m.table
+                ));
             }
         }
         if let Some(check) = &self.recipient_check {

@@ -78,27 +78,16 @@ fn guarded_parse(envelope: &Envelope) -> parse::Parsed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::MessageId;
-    use std::time::SystemTime;
 
     fn envelope() -> Envelope {
         let header = b"Received: from x\r\n";
         let content = b"From: A <A@Sender.Test>\r\nSubject: hi\r\n\r\nbody\r\n";
         Envelope {
-            id: MessageId::generate(SystemTime::now()),
-            received_at: SystemTime::now(),
-            client: "192.0.2.1:1".parse().unwrap(),
-            helo: "h".into(),
-            esmtp: true,
-            tls: false,
-            mail_from: String::new(),
-            recipients: vec!["u@other.example".into(), "v@other.example".into()],
-            body: Default::default(),
-            smtputf8: false,
-            raw: [&header[..], &content[..]].concat().into(),
             header_len: header.len(),
-            parsed: None,
-            hashes: Vec::new(),
+            ..Envelope::fixture(
+                &["u@other.example", "v@other.example"],
+                &[&header[..], &content[..]].concat(),
+            )
         }
     }
 

@@ -55,6 +55,30 @@ impl Envelope {
     pub fn content(&self) -> &[u8] {
         &self.raw[self.header_len..]
     }
+
+    /// A message for unit tests: `raw` (without a header of ours) for
+    /// `recipients`, from `s@sender.test`, received now over plain ESMTP
+    /// from `client.test` at 192.0.2.9, neither parsed nor hashed. Tests
+    /// that need other values set them with `..Envelope::fixture(..)`.
+    #[cfg(test)]
+    pub(crate) fn fixture(recipients: &[&str], raw: &[u8]) -> Self {
+        Self {
+            id: MessageId::generate(SystemTime::now()),
+            received_at: SystemTime::now(),
+            client: SocketAddr::from(([192, 0, 2, 9], 25)),
+            helo: "client.test".into(),
+            esmtp: true,
+            tls: false,
+            mail_from: "s@sender.test".into(),
+            recipients: recipients.iter().map(|r| r.to_string()).collect(),
+            body: BodyType::default(),
+            smtputf8: false,
+            raw: Bytes::copy_from_slice(raw),
+            header_len: 0,
+            parsed: None,
+            hashes: Vec::new(),
+        }
+    }
 }
 
 /// The facts a Received header states.

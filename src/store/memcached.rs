@@ -133,6 +133,23 @@ impl MemcachedStore {
         items
     }
 
+    /// [`MemcachedStore::write`] bounded by the timeout.
+    async fn write_within_timeout(
+        &mut self,
+        items: &[(&str, &[u8])],
+        exptime: i64,
+    ) -> Result<(), StoreError> {
+        match tokio::time::timeout(self.timeout, self.write(items, exptime)).await {
+            Ok(result) => result,
+            Err(_) => {
+                // Cut off mid-operation: the rest of the reply could be
+                // taken for the next one's, so the connection goes.
+                self.client = None;
+                Err(StoreError::timed_out(NAME, self.timeout))
+            }
+        }
+    }
+
     /// Sends `items`, connecting first if there is no usable connection.
     async fn write(&mut self, items: &[(&str, &[u8])], exptime: i64) -> Result<(), StoreError> {
         let client = match self.client.take() {
@@ -187,16 +204,7 @@ impl Store for MemcachedStore {
     /// server takes writes on a working connection.
     async fn ping(&mut self) -> Result<(), StoreError> {
         let probe: [(&str, &[u8]); 1] = [("gsmtpd-readyz", b"")];
-        match tokio::time::timeout(self.timeout, self.write(&probe, -1)).await {
-            Ok(result) => result,
-            Err(_) => {
-                self.client = None;
-                Err(StoreError::transient(
-                    NAME,
-                    format!("no answer within {} s", self.timeout.as_secs()),
-                ))
-            }
-        }
+        self.write_within_timeout(&probe, -1).await
     }
 
     async fn commit(&mut self, batch: &[Arc<Envelope>]) -> Result<(), StoreError> {
@@ -205,18 +213,7 @@ impl Store for MemcachedStore {
             return Ok(());
         }
         let exptime = exptime(self.ttl_secs, SystemTime::now());
-        match tokio::time::timeout(self.timeout, self.write(&items, exptime)).await {
-            Ok(result) => result,
-            Err(_) => {
-                // Cut off mid-operation: the rest of the reply could be
-                // taken for the next one's, so the connection goes.
-                self.client = None;
-                Err(StoreError::transient(
-                    NAME,
-                    format!("no answer within {} s", self.timeout.as_secs()),
-                ))
-            }
-        }
+        self.write_within_timeout(&items, exptime).await
     }
 }
 
@@ -239,7 +236,6 @@ fn exptime(ttl_secs: u64, now: SystemTime) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::MessageId;
 
     #[test]
     fn expiry_is_relative_up_to_30_days_then_absolute() {
@@ -284,20 +280,8 @@ mod tests {
 
     fn envelope(raw: &'static [u8], recipients: &[&str], hashes: &[&str]) -> Arc<Envelope> {
         Arc::new(Envelope {
-            id: MessageId::generate(SystemTime::now()),
-            received_at: SystemTime::now(),
-            client: "127.0.0.1:1".parse().unwrap(),
-            helo: "h".into(),
-            esmtp: true,
-            tls: false,
-            mail_from: String::new(),
-            recipients: recipients.iter().map(|s| s.to_string()).collect(),
-            body: Default::default(),
-            smtputf8: false,
-            raw: bytes::Bytes::from_static(raw),
-            header_len: 0,
-            parsed: None,
             hashes: hashes.iter().map(|s| s.to_string()).collect(),
+            ..Envelope::fixture(recipients, raw)
         })
     }
 

@@ -63,6 +63,11 @@ impl StoreError {
             message: message.to_string().into(),
         }
     }
+
+    /// The server gave no answer within `timeout`: transient.
+    pub fn timed_out(store: &'static str, timeout: std::time::Duration) -> Self {
+        Self::transient(store, format!("no answer within {} s", timeout.as_secs()))
+    }
 }
 
 /// A durable destination for messages.
@@ -209,7 +214,6 @@ impl FanOut {
 mod tests {
     use super::*;
     use std::sync::Mutex;
-    use std::time::SystemTime;
 
     use crate::message::MessageId;
 
@@ -234,22 +238,7 @@ mod tests {
     }
 
     fn envelope() -> Arc<Envelope> {
-        Arc::new(Envelope {
-            id: MessageId::generate(SystemTime::now()),
-            received_at: SystemTime::now(),
-            client: "127.0.0.1:1".parse().unwrap(),
-            helo: "h".into(),
-            esmtp: true,
-            tls: false,
-            mail_from: String::new(),
-            recipients: vec!["r@x".into()],
-            body: Default::default(),
-            smtputf8: false,
-            raw: bytes::Bytes::from_static(b"x"),
-            header_len: 0,
-            parsed: None,
-            hashes: Vec::new(),
-        })
+        Arc::new(Envelope::fixture(&["r@x"], b"x"))
     }
 
     fn probe(fail: bool) -> (Probe, Arc<Mutex<Vec<MessageId>>>) {

@@ -1111,8 +1111,6 @@ mod tests {
     use super::*;
     use std::time::SystemTime;
 
-    use crate::message::MessageId;
-
     fn limit(repertoire: Repertoire, max_chars: usize, max_bytes: usize) -> TextLimit {
         TextLimit {
             repertoire,
@@ -1318,20 +1316,13 @@ mod tests {
 
     fn envelope(rcpts: &[&str], raw: &'static [u8], parsed: Option<Parsed>) -> Arc<Envelope> {
         Arc::new(Envelope {
-            id: MessageId::generate(SystemTime::now()),
             received_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_318_133),
             client: "[::ffff:192.0.2.7]:2525".parse().unwrap(),
-            helo: "client.test".into(),
-            esmtp: true,
             tls: true,
             mail_from: "bounce@sender.test".into(),
-            recipients: rcpts.iter().map(|s| s.to_string()).collect(),
-            body: Default::default(),
             smtputf8: true,
-            raw: bytes::Bytes::from_static(raw),
-            header_len: 0,
             parsed,
-            hashes: Vec::new(),
+            ..Envelope::fixture(rcpts, raw)
         })
     }
 

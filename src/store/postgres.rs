@@ -511,10 +511,7 @@ impl Store for PostgresStore {
         {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(context("ping failed", e)),
-            Err(_) => Err(StoreError::transient(
-                NAME,
-                format!("no answer within {} s", self.timeout.as_secs()),
-            )),
+            Err(_) => Err(StoreError::timed_out(NAME, self.timeout)),
         }
     }
 
@@ -548,26 +545,9 @@ impl Store for PostgresStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::MessageId;
-    use std::time::SystemTime;
 
     fn envelope(size: usize) -> Arc<Envelope> {
-        Arc::new(Envelope {
-            id: MessageId::generate(SystemTime::now()),
-            received_at: SystemTime::now(),
-            client: "192.0.2.9:25".parse().unwrap(),
-            helo: "client.test".into(),
-            esmtp: true,
-            tls: false,
-            mail_from: String::new(),
-            recipients: vec!["r@example.com".into()],
-            body: Default::default(),
-            smtputf8: false,
-            raw: vec![b'x'; size].into(),
-            header_len: 0,
-            parsed: None,
-            hashes: Vec::new(),
-        })
+        Arc::new(Envelope::fixture(&["r@example.com"], &vec![b'x'; size]))
     }
 
     #[test]

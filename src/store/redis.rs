@@ -38,6 +38,7 @@
 //! (`451`, the sender retries) rather than a daemon that cannot boot while
 //! a cache is down.
 
+use std::future::Future;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
@@ -166,14 +167,7 @@ impl Store for RedisStore {
 
     async fn ping(&mut self) -> Result<(), StoreError> {
         let ping = ::redis::cmd("PING");
-        match tokio::time::timeout(self.timeout, ping.query_async::<()>(&mut self.conn)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(classify(&e)),
-            Err(_) => Err(StoreError::transient(
-                NAME,
-                format!("no answer within {} s", self.timeout.as_secs()),
-            )),
-        }
+        bounded(self.timeout, ping.query_async::<()>(&mut self.conn)).await
     }
 
     async fn commit(&mut self, batch: &[Arc<Envelope>]) -> Result<(), StoreError> {
@@ -189,14 +183,18 @@ impl Store for RedisStore {
                 other => other,
             }
         };
-        match tokio::time::timeout(self.timeout, attempt).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(classify(&e)),
-            Err(_) => Err(StoreError::transient(
-                NAME,
-                format!("no answer within {} s", self.timeout.as_secs()),
-            )),
-        }
+        bounded(self.timeout, attempt).await
+    }
+}
+
+/// `op` bounded by `timeout`, its error classified.
+async fn bounded(
+    timeout: Duration,
+    op: impl Future<Output = Result<(), RedisError>>,
+) -> Result<(), StoreError> {
+    match tokio::time::timeout(timeout, op).await {
+        Ok(result) => result.map_err(|e| classify(&e)),
+        Err(_) => Err(StoreError::timed_out(NAME, timeout)),
     }
 }
 

@@ -268,25 +268,11 @@ pub fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::MessageId;
-    use std::time::SystemTime;
 
     fn envelope(rcpts: &[&str]) -> Arc<Envelope> {
         Arc::new(Envelope {
-            id: MessageId::generate(SystemTime::now()),
-            received_at: SystemTime::now(),
-            client: "192.0.2.9:25".parse().unwrap(),
-            helo: "client.test".into(),
-            esmtp: true,
-            tls: false,
-            mail_from: "s@sender.test".into(),
-            recipients: rcpts.iter().map(|s| s.to_string()).collect(),
-            body: Default::default(),
-            smtputf8: false,
-            raw: bytes::Bytes::from_static(b"Received: x\r\n\r\nhello\r\n"),
             header_len: 13,
-            parsed: None,
-            hashes: Vec::new(),
+            ..Envelope::fixture(rcpts, b"Received: x\r\n\r\nhello\r\n")
         })
     }
 

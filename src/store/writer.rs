@@ -193,9 +193,7 @@ async fn run<S: Store>(mut store: S, mut rx: mpsc::Receiver<Job>, max_batch: usi
 mod tests {
     use super::*;
     use std::sync::Mutex;
-    use std::time::{Duration, SystemTime};
-
-    use crate::message::MessageId;
+    use std::time::Duration;
 
     /// A store that records batch sizes and fails on demand. It tests the
     /// writer's batching and acknowledgement logic only; the real stores
@@ -222,22 +220,7 @@ mod tests {
     }
 
     fn envelope() -> Arc<Envelope> {
-        Arc::new(Envelope {
-            id: MessageId::generate(SystemTime::now()),
-            received_at: SystemTime::now(),
-            client: "127.0.0.1:1".parse().unwrap(),
-            helo: "h".into(),
-            esmtp: true,
-            tls: false,
-            mail_from: String::new(),
-            recipients: vec!["r@x".into()],
-            body: Default::default(),
-            smtputf8: false,
-            raw: bytes::Bytes::from_static(b"x"),
-            header_len: 0,
-            parsed: None,
-            hashes: Vec::new(),
-        })
+        Arc::new(Envelope::fixture(&["r@x"], b"x"))
     }
 
     #[tokio::test]

@@ -3,8 +3,9 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use gsmtpd::MessageId;
 use gsmtpd::config::{Backend, Config, SqliteConfig, StoreConfig};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -32,6 +33,75 @@ pub fn service_url(var: &str) -> Option<String> {
             None
         }
     }
+}
+
+/// `prefix` and a suffix no other test, run or process uses, for database
+/// names, key prefixes and subjects. The suffix is lower-case ASCII letters
+/// and digits after a `_`, so with a plain `prefix` the whole is a plain
+/// SQL identifier.
+#[cfg_attr(
+    not(any(
+        feature = "mysql",
+        feature = "postgres",
+        feature = "redis",
+        feature = "memcached"
+    )),
+    allow(dead_code)
+)]
+pub fn unique(prefix: &str) -> String {
+    // Message ids are unique across processes (see `message::id`).
+    let id = MessageId::generate(SystemTime::now());
+    format!("{prefix}_{}", id.as_str().to_ascii_lowercase())
+}
+
+/// A MIME message that gives every parsed field something to show:
+/// `subject` as the raw `Subject:` value (an RFC 2047 encoded word, say),
+/// a `Date:` of 17:15:33 +0100 on 3 December 2026, a `Message-ID:`, an
+/// alternative of a quoted-printable ISO-8859-1 plain part and HTML part
+/// (`<p>Café <b>html</b></p>` decoded), and a base64 attachment.
+#[cfg_attr(
+    not(any(
+        feature = "mysql",
+        feature = "postgres",
+        feature = "redis",
+        feature = "memcached"
+    )),
+    allow(dead_code)
+)]
+pub fn mime(subject: &str) -> Vec<u8> {
+    format!(
+        "From: \"Sender Name\" <Sender@Example.NET>\r\n\
+         To: Alice <Alice@example.com>, bob@sub.example.org\r\n\
+         Subject: {subject}\r\n\
+         Date: Thu, 3 Dec 2026 17:15:33 +0100\r\n\
+         Message-ID: <abc.123@sender.example.net>\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"outer\"\r\n\
+         \r\n\
+         --outer\r\n\
+         Content-Type: multipart/alternative; boundary=\"inner\"\r\n\
+         \r\n\
+         --inner\r\n\
+         Content-Type: text/plain; charset=ISO-8859-1\r\n\
+         Content-Transfer-Encoding: quoted-printable\r\n\
+         \r\n\
+         Caf=E9 plain\r\n\
+         --inner\r\n\
+         Content-Type: text/html; charset=ISO-8859-1\r\n\
+         Content-Transfer-Encoding: quoted-printable\r\n\
+         \r\n\
+         <p>Caf=E9 <b>html</b></p>\r\n\
+         --inner--\r\n\
+         \r\n\
+         --outer\r\n\
+         Content-Type: application/octet-stream; name=\"data.bin\"\r\n\
+         Content-Disposition: attachment; filename=\"data.bin\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\
+         \r\n\
+         AAECAwQ=\r\n\
+         --outer--\r\n"
+    )
+    .into_bytes()
 }
 
 /// How long a test waits for any one reply before it fails.
@@ -302,10 +372,15 @@ impl Client {
         }
     }
 
-    /// EHLO, MAIL, RCPT for each recipient, DATA, the dot-stuffed body:
-    /// returns the final reply.
+    /// EHLO, then [`Client::transaction`]: returns the final reply.
     pub async fn send_message(&mut self, from: &str, to: &[&str], content: &[u8]) -> Reply {
         self.expect("EHLO client.test", 250).await;
+        self.transaction(from, to, content).await
+    }
+
+    /// MAIL, RCPT for each recipient, DATA, the dot-stuffed body, on a
+    /// session that said EHLO already: returns the final reply.
+    pub async fn transaction(&mut self, from: &str, to: &[&str], content: &[u8]) -> Reply {
         self.expect(&format!("MAIL FROM:<{from}>"), 250).await;
         for r in to {
             self.expect(&format!("RCPT TO:<{r}>"), 250).await;

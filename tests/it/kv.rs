@@ -3,58 +3,17 @@
 //! it, and a cache that is down or cut never costs a message its `250`
 //! unless the cache is a required store, which then answers `451`.
 //!
-//! "Down" is a loopback relay in front of the shared service that a test
-//! closes and reopens: the service other tests use keeps running.
+//! "Down" is a [`Proxy`](crate::proxy::Proxy) in front of the shared
+//! service that a test cuts and restores: the service other tests use
+//! keeps running.
 
-/// What both stores' tests use: messages, unique names, the server with
-/// one more store, and the relay.
+/// What both stores' tests use: the server with one more store, and the
+/// answer while it is down.
 #[cfg(any(feature = "redis", feature = "memcached"))]
 mod support {
-    use std::net::SocketAddr;
-
     use gsmtpd::config::{Backend, StoreConfig};
 
     use crate::harness::{Reply, Server};
-
-    /// A message with a text part and a base64 attachment.
-    pub(super) fn mime(subject: &str) -> Vec<u8> {
-        format!(
-            "From: Sender <s@sender.test>\r\n\
-             To: alice@example.com\r\n\
-             Subject: {subject}\r\n\
-             MIME-Version: 1.0\r\n\
-             Content-Type: multipart/mixed; boundary=\"b1\"\r\n\
-             \r\n\
-             --b1\r\n\
-             Content-Type: text/plain; charset=utf-8\r\n\
-             Content-Transfer-Encoding: quoted-printable\r\n\
-             \r\n\
-             Caf=C3=A9 au lait, {subject}.\r\n\
-             --b1\r\n\
-             Content-Type: application/octet-stream; name=\"a.bin\"\r\n\
-             Content-Disposition: attachment; filename=\"a.bin\"\r\n\
-             Content-Transfer-Encoding: base64\r\n\
-             \r\n\
-             AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\r\n\
-             --b1--\r\n"
-        )
-        .into_bytes()
-    }
-
-    /// A name no other test, run or process uses, for keys and subjects.
-    pub(super) fn unique(name: &str) -> String {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        format!(
-            "{name}-{}-{nanos}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        )
-    }
 
     /// Starts the server with the test SQLite store followed by `extra`.
     pub(super) async fn start(extra: Backend, optional: bool) -> Server {
@@ -72,120 +31,6 @@ mod support {
     pub(super) fn assert_451(r: &Reply) {
         assert_eq!((r.code, r.text.get(..5)), (451, Some("4.3.0")), "{r:?}");
     }
-
-    /// Where the `host:port` of a service URL starts and ends
-    /// (`redis://[auth@]host:port/db`, `tcp://host:port`).
-    pub(super) fn authority(url: &str) -> (usize, usize) {
-        let start = url.find("://").map_or(0, |i| i + 3);
-        let end = url[start..].find('/').map_or(url.len(), |i| start + i);
-        let host = url[start..end].rfind('@').map_or(start, |i| start + i + 1);
-        (host, end)
-    }
-
-    /// The address a service URL points at.
-    pub(super) async fn service_addr(url: &str) -> SocketAddr {
-        let (a, b) = authority(url);
-        tokio::net::lookup_host(&url[a..b])
-            .await
-            .ok()
-            .and_then(|mut addrs| addrs.next())
-            .unwrap_or_else(|| panic!("{url}: no host:port"))
-    }
-
-    /// `url` pointing at `addr` instead.
-    pub(super) fn via(url: &str, addr: SocketAddr) -> String {
-        let (a, b) = authority(url);
-        format!("{}{addr}{}", &url[..a], &url[b..])
-    }
-
-    /// A TCP relay on loopback in front of a real service. `cut` closes its
-    /// port and every connection through it, as a service that died would;
-    /// `restore` listens on the same port again.
-    pub(super) struct Relay {
-        pub(super) addr: SocketAddr,
-        target: SocketAddr,
-        running: Option<(
-            tokio_util::sync::CancellationToken,
-            tokio_util::task::TaskTracker,
-        )>,
-    }
-
-    impl Relay {
-        pub(super) async fn start(target: SocketAddr) -> Self {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let mut relay = Self {
-                addr: listener.local_addr().unwrap(),
-                target,
-                running: None,
-            };
-            relay.serve(listener);
-            relay
-        }
-
-        fn serve(&mut self, listener: tokio::net::TcpListener) {
-            let stop = tokio_util::sync::CancellationToken::new();
-            let tasks = tokio_util::task::TaskTracker::new();
-            let (target, stop2, tasks2) = (self.target, stop.clone(), tasks.clone());
-            tasks.spawn(async move {
-                loop {
-                    let accepted = tokio::select! {
-                        () = stop2.cancelled() => return,
-                        a = listener.accept() => a,
-                    };
-                    let Ok((mut inbound, _)) = accepted else {
-                        return;
-                    };
-                    let stop3 = stop2.clone();
-                    tasks2.spawn(async move {
-                        let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
-                            return;
-                        };
-                        tokio::select! {
-                            () = stop3.cancelled() => {}
-                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        }
-                    });
-                }
-            });
-            self.running = Some((stop, tasks));
-        }
-
-        /// Returns once the port is closed and every relayed socket dropped.
-        pub(super) async fn cut(&mut self) {
-            if let Some((stop, tasks)) = self.running.take() {
-                stop.cancel();
-                tasks.close();
-                tasks.wait().await;
-            }
-        }
-
-        pub(super) async fn restore(&mut self) {
-            let listener = tokio::net::TcpListener::bind(self.addr)
-                .await
-                .expect("the relay's port is free again");
-            self.serve(listener);
-        }
-    }
-
-    impl Drop for Relay {
-        fn drop(&mut self) {
-            if let Some((stop, _)) = &self.running {
-                stop.cancel();
-            }
-        }
-    }
-
-    #[test]
-    fn service_urls_are_rewritten_to_the_relay() {
-        let relay: SocketAddr = "127.0.0.1:7".parse().unwrap();
-        for (url, want) in [
-            ("redis://127.0.0.1:6379/", "redis://127.0.0.1:7/"),
-            ("redis://:pw@127.0.0.1:6379/2", "redis://:pw@127.0.0.1:7/2"),
-            ("tcp://127.0.0.1:11211", "tcp://127.0.0.1:7"),
-        ] {
-            assert_eq!(via(url, relay), want);
-        }
-    }
 }
 
 #[cfg(feature = "redis")]
@@ -195,8 +40,9 @@ mod redis_store {
     use ::redis::aio::MultiplexedConnection;
     use gsmtpd::config::{Backend, Compression, RedisConfig};
 
-    use super::support::{Relay, assert_451, mime, service_addr, start, unique, via};
-    use crate::harness;
+    use super::support::{assert_451, start};
+    use crate::harness::{self, mime, unique};
+    use crate::proxy::Proxy;
 
     const VAR: &str = "GSMTPD_TEST_REDIS_URL";
     const TTL: i64 = 600;
@@ -433,14 +279,10 @@ mod redis_store {
             return;
         };
         let mut redis = connect(&url).await;
-        let mut relay = Relay::start(service_addr(&url).await).await;
-        relay.cut().await;
+        let (mut proxy, proxied) = Proxy::in_front_of(&url, 6379).await;
+        proxy.cut().await;
         let prefix = format!("{}:", unique("gsmtpd-test-cut"));
-        let server = start(
-            backend(&via(&url, relay.addr), &prefix, Compression::None),
-            false,
-        )
-        .await;
+        let server = start(backend(&proxied, &prefix, Compression::None), false).await;
         let mut c = server.client().await;
         let send = |n: &str| format!("Subject: {n}\r\n\r\n").into_bytes();
 
@@ -452,7 +294,7 @@ mod redis_store {
         // A long outage: the store's reconnect attempts have all failed
         // by the time Redis is back, and the first message must still pass.
         tokio::time::sleep(OUTAGE).await;
-        relay.restore().await;
+        proxy.restore().await;
         let id1 = c
             .send_message("s@sender.test", &["d@example.com"], &send("back"))
             .await
@@ -462,14 +304,14 @@ mod redis_store {
             server.raw(&id1)
         );
 
-        relay.cut().await;
+        proxy.cut().await;
         let r = c
             .send_message("s@sender.test", &["d@example.com"], &send("cut"))
             .await;
         assert_451(&r);
 
         tokio::time::sleep(OUTAGE).await;
-        relay.restore().await;
+        proxy.restore().await;
         let id2 = c
             .send_message("s@sender.test", &["d@example.com"], &send("back again"))
             .await
@@ -509,8 +351,9 @@ mod memcached_store {
 
     use gsmtpd::config::{Backend, MemcachedConfig};
 
-    use super::support::{Relay, assert_451, authority, mime, service_addr, start, unique, via};
-    use crate::harness::{self, Server};
+    use super::support::{assert_451, start};
+    use crate::harness::{self, Server, mime, unique};
+    use crate::proxy::{Proxy, service_addr};
 
     const VAR: &str = "GSMTPD_TEST_MEMCACHED_URL";
     const TTL: i64 = 600;
@@ -530,15 +373,15 @@ mod memcached_store {
 
     impl Mc {
         async fn connect(url: &str) -> Self {
-            let (a, b) = authority(url);
-            let stream = tokio::time::timeout(
-                std::time::Duration::from_secs(5),
-                TcpStream::connect(&url[a..b]),
-            )
-            .await
-            .map_err(|_| "timed out".to_owned())
-            .and_then(|r| r.map_err(|e| e.to_string()))
-            .unwrap_or_else(|e| panic!("{VAR}={url} is set but memcached does not answer: {e}"));
+            let addr = service_addr(url, 11211).await;
+            let stream =
+                tokio::time::timeout(std::time::Duration::from_secs(5), TcpStream::connect(addr))
+                    .await
+                    .map_err(|_| "timed out".to_owned())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+                    .unwrap_or_else(|e| {
+                        panic!("{VAR}={url} is set but memcached does not answer: {e}")
+                    });
             Self(BufReader::new(stream))
         }
 
@@ -733,9 +576,9 @@ mod memcached_store {
             return;
         };
         let mut mc = Mc::connect(&url).await;
-        let mut relay = Relay::start(service_addr(&url).await).await;
-        relay.cut().await;
-        let server = start(backend(&via(&url, relay.addr), 1_048_576), false).await;
+        let (mut proxy, proxied) = Proxy::in_front_of(&url, 11211).await;
+        proxy.cut().await;
+        let server = start(backend(&proxied, 1_048_576), false).await;
         let mut c = server.client().await;
         let rcpt = ["e@example.com"];
 
@@ -744,7 +587,7 @@ mod memcached_store {
             .await;
         assert_451(&r);
 
-        relay.restore().await;
+        proxy.restore().await;
         let id = c
             .send_message("s@sender.test", &rcpt, &mime(&unique("back")))
             .await
@@ -754,13 +597,13 @@ mod memcached_store {
             Some(server.raw(&id))
         );
 
-        relay.cut().await;
+        proxy.cut().await;
         let r = c
             .send_message("s@sender.test", &rcpt, &mime(&unique("cut")))
             .await;
         assert_451(&r);
 
-        relay.restore().await;
+        proxy.restore().await;
         let id = c
             .send_message("s@sender.test", &rcpt, &mime(&unique("back again")))
             .await

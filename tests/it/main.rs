@@ -8,13 +8,12 @@ mod mime;
 #[cfg(feature = "mysql")]
 mod mysql;
 #[cfg(feature = "postgres")]
-mod pgproxy;
-#[cfg(feature = "postgres")]
 mod postgres;
 mod process;
 mod production;
-#[cfg(feature = "mysql")]
 mod proxy;
 mod smtp;
+#[cfg(any(feature = "mysql", feature = "postgres"))]
+mod sql;
 mod store;
 mod tls;

@@ -3,94 +3,64 @@
 //! value fitting under strict mode, packet splitting, an outage in the
 //! middle of a load (through [`Proxy`]), and the recipient check.
 //!
-//! Each test works in its own scratch database, created and dropped here,
-//! because the tests run in parallel against one shared server.
+//! Each test works in its own [`ScratchDb`], because the tests run in
+//! parallel against one shared server.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use gsmtpd::Store;
 use gsmtpd::config::{Backend, Config, MysqlConfig, RecipientCheckConfig, StoreConfig};
 use gsmtpd::message::time::Utc;
-use gsmtpd::{Envelope, MessageId, Store};
-use md5::{Digest, Md5};
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
-use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor, Row};
+use sqlx::mysql::{MySqlConnection, MySqlPool, MySqlPoolOptions};
+use sqlx::{AssertSqlSafe, Executor, Row};
 
 use crate::harness::{self, Client, Server};
 use crate::proxy::Proxy;
+use crate::sql::{self, ScratchDb};
 
-/// A scratch database on the test server. Dropped by [`TestDb::drop_db`] at
-/// the end of a test, or by `Drop` if the test panicked first.
+/// A scratch database on the test server, with a pool for the test's own
+/// reads and writes. Dropped by [`TestDb::drop_db`] at the end of a test,
+/// or when the test panicked first by [`ScratchDb`]'s `Drop`.
 struct TestDb {
-    name: String,
-    admin: MySqlConnectOptions,
+    scratch: ScratchDb,
     pool: MySqlPool,
-    dropped: bool,
 }
 
 impl TestDb {
     /// `None` (the test is skipped, and says so) when the URL is unset;
     /// a panic when it is set but the server does not answer.
     async fn create() -> Option<Self> {
-        let url = harness::service_url("GSMTPD_TEST_MYSQL_URL")?;
-        let admin = MySqlConnectOptions::from_str(&url).expect("GSMTPD_TEST_MYSQL_URL parses");
-        let name = format!(
-            "gsmtpd_t_{}",
-            MessageId::generate(SystemTime::now())
-                .as_str()
-                .to_ascii_lowercase()
-        );
-        let mut conn = admin.connect().await.unwrap_or_else(|e| {
-            panic!("GSMTPD_TEST_MYSQL_URL={url} is set but the server does not answer: {e}")
-        });
-        conn.execute(AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
-            .await
-            .unwrap();
-        conn.close().await.unwrap();
+        let scratch = ScratchDb::create::<MySqlConnection>(
+            "GSMTPD_TEST_MYSQL_URL",
+            |name| format!("CREATE DATABASE `{name}`"),
+            |name| format!("DROP DATABASE IF EXISTS `{name}`"),
+        )
+        .await?;
         let pool = MySqlPoolOptions::new()
             .max_connections(2)
-            .connect_with(admin.clone().database(&name))
+            .connect(&scratch.url)
             .await
             .unwrap();
-        Some(Self {
-            name,
-            admin,
-            pool,
-            dropped: false,
-        })
+        Some(Self { scratch, pool })
     }
 
     /// The URL of this database, for a store.
     fn url(&self) -> String {
-        self.admin
-            .clone()
-            .database(&self.name)
-            .to_url_lossy()
-            .to_string()
+        self.scratch.url.clone()
     }
 
-    /// The URL of this database through a proxy listening on `via`.
-    fn url_via(&self, via: SocketAddr) -> String {
-        self.admin
-            .clone()
-            .host(&via.ip().to_string())
-            .port(via.port())
-            .database(&self.name)
-            .to_url_lossy()
-            .to_string()
-    }
-
-    /// The server's address, for a proxy in front of it.
-    fn upstream(&self) -> SocketAddr {
-        (self.admin.get_host(), self.admin.get_port())
-            .to_socket_addrs()
-            .unwrap()
-            .next()
-            .unwrap()
+    /// A server whose only store is this database, with `to` rewritten to
+    /// `primary_mail_host = "mail.test"`.
+    async fn only_store(&self) -> Server {
+        let url = self.url();
+        Server::start_with(|c| {
+            c.primary_mail_host = Some("mail.test".into());
+            c.store = vec![mysql_store(url)];
+        })
+        .await
     }
 
     async fn exec(&self, sql: &str) {
@@ -148,38 +118,9 @@ impl TestDb {
             .collect()
     }
 
-    async fn drop_db(mut self) {
+    async fn drop_db(self) {
         self.pool.close().await;
-        let mut conn = self.admin.connect().await.unwrap();
-        conn.execute(AssertSqlSafe(format!("DROP DATABASE `{}`", self.name)))
-            .await
-            .unwrap();
-        self.dropped = true;
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        if self.dropped {
-            return;
-        }
-        // A test panicked: drop the database on a thread of its own, since
-        // we may be inside the test's runtime.
-        let (admin, name) = (self.admin.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(mut conn) = admin.connect().await {
-                    let _ = conn
-                        .execute(AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{name}`")))
-                        .await;
-                }
-            });
-        })
-        .join();
+        self.scratch.drop_db().await;
     }
 }
 
@@ -214,90 +155,35 @@ fn mysql_store(url: String) -> StoreConfig {
     }
 }
 
-/// MD5 in hex, computed here rather than with the server's helper.
-fn md5_hex(parts: &[&str]) -> String {
-    let mut h = Md5::new();
-    for p in parts {
-        h.update(p.as_bytes());
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+/// The reference message: a quoted-printable ISO-8859-1 subject, an HTML
+/// alternative and an attachment, so every parsed column has something
+/// to show.
+fn reference_message() -> Vec<u8> {
+    harness::mime("=?ISO-8859-1?Q?Gr=FC=DFe_aus_K=F6ln?=")
 }
-
-/// Sends one transaction on an open session; returns the final reply.
-async fn transaction(c: &mut Client, from: &str, to: &[&str], content: &[u8]) -> harness::Reply {
-    c.expect(&format!("MAIL FROM:<{from}>"), 250).await;
-    for r in to {
-        c.expect(&format!("RCPT TO:<{r}>"), 250).await;
-    }
-    c.expect("DATA", 354).await;
-    c.send(gsmtpd::smtp::data::stuff(content)).await;
-    c.reply().await
-}
-
-/// A quoted-printable ISO-8859-1 subject, an HTML alternative and an
-/// attachment: every parsed column has something to show.
-const REFERENCE_MESSAGE: &str = "From: \"Sender Name\" <Sender.Name@Remote.Test>\r\n\
-To: alice.smith@example.com, bob@sub.example.org\r\n\
-Subject: =?ISO-8859-1?Q?Gr=FC=DFe_aus_K=F6ln?=\r\n\
-Message-ID: <ref-1@remote.test>\r\n\
-MIME-Version: 1.0\r\n\
-Content-Type: multipart/mixed; boundary=\"outer\"\r\n\
-\r\n\
---outer\r\n\
-Content-Type: multipart/alternative; boundary=\"inner\"\r\n\
-\r\n\
---inner\r\n\
-Content-Type: text/plain; charset=ISO-8859-1\r\n\
-Content-Transfer-Encoding: quoted-printable\r\n\
-\r\n\
-Gr=FC=DFe, plain text\r\n\
---inner\r\n\
-Content-Type: text/html; charset=ISO-8859-1\r\n\
-Content-Transfer-Encoding: quoted-printable\r\n\
-\r\n\
-<p>Gr=FC=DFe aus K=F6ln</p>\r\n\
---inner--\r\n\
-\r\n\
---outer\r\n\
-Content-Type: application/octet-stream; name=\"data.bin\"\r\n\
-Content-Disposition: attachment; filename=\"data.bin\"\r\n\
-Content-Transfer-Encoding: base64\r\n\
-\r\n\
-AAECAw==\r\n\
---outer--\r\n";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_column_of_new_mail_is_as_the_original_wrote_it() {
     let Some(db) = TestDb::create().await else {
         return;
     };
-    let url = db.url();
-    let server = Server::start_with(|c| {
-        c.primary_mail_host = Some("mail.test".into());
-        c.store = vec![mysql_store(url)];
-    })
-    .await;
+    let server = db.only_store().await;
     assert_eq!(db.counter().await, 0, "create_tables adds the counter row");
 
     let before = Utc::from_system(SystemTime::now() - Duration::from_secs(1)).sql_datetime();
     let mut c = server.client().await;
     c.expect("EHLO client.test", 250).await;
     let rcpts = ["Alice.Smith@example.com", "bob@sub.example.org"];
-    let r = transaction(
-        &mut c,
-        "bounces@remote.test",
-        &rcpts,
-        REFERENCE_MESSAGE.as_bytes(),
-    )
-    .await;
+    let message = reference_message();
+    let r = c.transaction("bounces@remote.test", &rcpts, &message).await;
     let id = r.queued_id();
     let after = Utc::from_system(SystemTime::now() + Duration::from_secs(1)).sql_datetime();
 
     let rows = db.rows("new_mail").await;
     assert_eq!(rows.len(), 2, "one row per accepted recipient");
-    let from = "sender.name@remote.test";
+    let from = "sender@example.net";
     let subject = "Grüße aus Köln";
-    let body = "<p>Grüße aus Köln</p>";
+    let body = "<p>Café <b>html</b></p>";
     for (row, (rcpt, to)) in rows.iter().zip([
         (rcpts[0], "Alice.Smith@mail.test"),
         (rcpts[1], "bob@mail.test"),
@@ -320,13 +206,13 @@ async fn every_column_of_new_mail_is_as_the_original_wrote_it() {
         assert_eq!(row.charset, "ISO-8859-1", "the HTML part's charset");
         assert_eq!(row.content_type, "text/html");
         assert_eq!(row.spam_score, 0.0);
-        assert_eq!(row.hash, md5_hex(&[to, from, subject, body]));
+        assert_eq!(row.hash, sql::md5_hex(&[to, from, subject, body]));
         assert_eq!(row.has_attach, 1);
         assert_eq!(row.ip_addr, "127.0.0.1");
         // The whole stored message: our Received header, then the content.
-        assert_eq!(harness::content(&row.mail), REFERENCE_MESSAGE.as_bytes());
-        let header = String::from_utf8_lossy(&row.mail[..row.mail.len() - REFERENCE_MESSAGE.len()])
-            .into_owned();
+        assert_eq!(harness::content(&row.mail), message);
+        let header =
+            String::from_utf8_lossy(&row.mail[..row.mail.len() - message.len()]).into_owned();
         assert!(
             header.starts_with(&format!(
                 "Received: from client.test ([127.0.0.1])\r\n\tby mx.test (gsmtpd) with ESMTP id {id};"
@@ -341,13 +227,13 @@ async fn every_column_of_new_mail_is_as_the_original_wrote_it() {
     );
 
     // One more message, one recipient: one more row, counter +1.
-    let r = transaction(
-        &mut c,
-        "x@remote.test",
-        &["carol@example.com"],
-        b"Subject: plain\r\n\r\nhello\r\n",
-    )
-    .await;
+    let r = c
+        .transaction(
+            "x@remote.test",
+            &["carol@example.com"],
+            b"Subject: plain\r\n\r\nhello\r\n",
+        )
+        .await;
     assert_eq!(r.code, 250, "{r:?}");
     let rows = db.rows("new_mail").await;
     assert_eq!(rows.len(), 3);
@@ -383,7 +269,7 @@ async fn fan_out_stores_the_same_bytes_in_sqlite_and_mysql() {
         .send_message(
             "a@remote.test",
             &["one@example.com", "two@example.com"],
-            REFERENCE_MESSAGE.as_bytes(),
+            &reference_message(),
         )
         .await;
     let id = r.queued_id();
@@ -412,12 +298,7 @@ async fn values_are_fitted_so_strict_mode_accepts_them() {
     let Some(db) = TestDb::create().await else {
         return;
     };
-    let url = db.url();
-    let server = Server::start_with(|c| {
-        c.primary_mail_host = Some("mail.test".into());
-        c.store = vec![mysql_store(url)];
-    })
-    .await;
+    let server = db.only_store().await;
     // The premise: the server refuses what does not fit, rather than
     // fitting it itself.
     let refused = sqlx::query(
@@ -479,7 +360,7 @@ async fn values_are_fitted_so_strict_mode_accepts_them() {
     // The hash is the pipeline's, over the values before fitting.
     assert_eq!(
         row.hash,
-        md5_hex(&[
+        sql::md5_hex(&[
             "ünï日本@mail.test",
             "fröm😀@remote.test",
             &subject,
@@ -575,25 +456,6 @@ async fn successor_columns_and_a_custom_table_name() {
     db.drop_db().await;
 }
 
-fn envelope(recipients: &[&str], raw: Vec<u8>) -> Arc<Envelope> {
-    Arc::new(Envelope {
-        id: MessageId::generate(SystemTime::now()),
-        received_at: SystemTime::now(),
-        client: "192.0.2.1:25".parse().unwrap(),
-        helo: "client.test".into(),
-        esmtp: true,
-        tls: false,
-        mail_from: "a@remote.test".into(),
-        recipients: recipients.iter().map(|r| r.to_string()).collect(),
-        body: Default::default(),
-        smtputf8: false,
-        raw: raw.into(),
-        header_len: 0,
-        parsed: None,
-        hashes: Vec::new(),
-    })
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_over_max_allowed_packet_is_split_and_a_row_over_it_is_refused() {
     let Some(db) = TestDb::create().await else {
@@ -616,7 +478,7 @@ async fn a_batch_over_max_allowed_packet_is_split_and_a_row_over_it_is_refused()
     // Six rows of 40% of a packet each: no two-and-a-half fit one INSERT.
     let part = packet * 2 / 5;
     let batch: Vec<_> = (0..3u8)
-        .map(|i| envelope(&["a@example.com", "b@example.com"], vec![b'a' + i; part]))
+        .map(|i| sql::envelope(&["a@example.com", "b@example.com"], vec![b'a' + i; part]))
         .collect();
     store.commit(&batch).await.unwrap();
     let sizes: Vec<(String, i64)> = sqlx::query_as(
@@ -635,8 +497,8 @@ async fn a_batch_over_max_allowed_packet_is_split_and_a_row_over_it_is_refused()
 
     // A message whose row cannot fit any packet fails its whole batch, and
     // nothing of that batch is stored.
-    let small = envelope(&["c@example.com"], b"Subject: small\r\n\r\n".to_vec());
-    let huge = envelope(&["d@example.com"], vec![b'x'; packet + 1]);
+    let small = sql::envelope(&["c@example.com"], &b"Subject: small\r\n\r\n"[..]);
+    let huge = sql::envelope(&["d@example.com"], vec![b'x'; packet + 1]);
     let err = store.commit(&[small, huge.clone()]).await.unwrap_err();
     assert!(err.message.contains(huge.id.as_str()), "{err}");
     assert_eq!(db.scalar("SELECT COUNT(*) FROM new_mail").await, 6);
@@ -656,8 +518,7 @@ async fn an_outage_answers_451_and_mail_flows_again_without_a_restart() {
     let Some(db) = TestDb::create().await else {
         return;
     };
-    let proxy = Proxy::start(db.upstream()).await;
-    let url = db.url_via(proxy.addr());
+    let (mut proxy, url) = Proxy::in_front_of(&db.url(), 3306).await;
     let server = Server::start_with(|c| {
         let mut store = mysql_store(url);
         let Backend::Mysql(m) = &mut store.backend else {
@@ -694,13 +555,13 @@ async fn an_outage_answers_451_and_mail_flows_again_without_a_restart() {
                     };
                     let marker = format!("fault-{i}-{seq}");
                     let content = format!("Subject: {marker}\r\n\r\nbody of {marker}\r\n");
-                    let r = transaction(
-                        c,
-                        "load@remote.test",
-                        &["x@example.com", "y@example.com"],
-                        content.as_bytes(),
-                    )
-                    .await;
+                    let r = c
+                        .transaction(
+                            "load@remote.test",
+                            &["x@example.com", "y@example.com"],
+                            content.as_bytes(),
+                        )
+                        .await;
                     assert!(
                         r.code == 250 || (r.code == 451 && r.text.starts_with("4.3.0")),
                         "{r:?}"
@@ -725,9 +586,9 @@ async fn an_outage_answers_451_and_mail_flows_again_without_a_restart() {
         .collect();
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    proxy.cut();
+    proxy.cut().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    proxy.restore();
+    proxy.restore().await;
     restored.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::SeqCst);
@@ -814,8 +675,7 @@ async fn recipient_check_against_a_users_table() {
         .await;
     db.exec("INSERT INTO users VALUES ('known@example.com'), ('other@example.com')")
         .await;
-    let proxy = Proxy::start(db.upstream()).await;
-    let url = db.url_via(proxy.addr());
+    let (mut proxy, url) = Proxy::in_front_of(&db.url(), 3306).await;
 
     // A query the server cannot prepare, or without its one parameter,
     // stops the start, not the first RCPT.
@@ -840,10 +700,10 @@ async fn recipient_check_against_a_users_table() {
     let r = c.expect("RCPT TO:<unknown@example.com>", 550).await;
     assert!(r.text.starts_with("5.1.1"), "{r:?}");
 
-    proxy.cut();
+    proxy.cut().await;
     let r = c.expect("RCPT TO:<other@example.com>", 451).await;
     assert!(r.text.starts_with("4.3.0"), "{r:?}");
-    proxy.restore();
+    proxy.restore().await;
     // No cache (cache_ttl_secs = 0): this lookup reached the database again.
     c.expect("RCPT TO:<other@example.com>", 250).await;
     c.expect("DATA", 354).await;

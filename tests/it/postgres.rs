@@ -2,11 +2,8 @@
 //! (`GSMTPD_TEST_POSTGRES_URL`): what lands in the tables, batching,
 //! text PostgreSQL cannot hold, an outage and its end, the schema version.
 //!
-//! Tests run in parallel, so each creates its own database and drops it
-//! when done (even when it fails).
+//! Tests run in parallel, so each works in its own [`ScratchDb`].
 
-use std::net::SocketAddr;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,122 +11,62 @@ use gsmtpd::config::{Backend, Config, PostgresConfig, RecipientCheckConfig, Stor
 use gsmtpd::message::parse;
 use gsmtpd::store::postgres::{PostgresStore, SCHEMA_VERSION};
 use gsmtpd::store::{ErrorKind, Store};
-use gsmtpd::{Envelope, MessageId};
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
-use sqlx::{AssertSqlSafe, Connection, Executor, Row};
+use sqlx::postgres::{PgConnection, PgPool};
+use sqlx::{AssertSqlSafe, Row};
 
 use crate::harness::{self, Client, Server};
-use crate::pgproxy::Proxy;
+use crate::proxy::Proxy;
+use crate::sql::{self, ScratchDb};
 
-/// A database of its own for one test, dropped with it.
-struct TestDb {
-    admin_url: String,
-    name: String,
-    /// The URL of this database.
-    url: String,
-}
+/// A [`ScratchDb`] for one test, dropped with it.
+struct TestDb(ScratchDb);
 
 impl TestDb {
     /// `None` (the test is skipped, and says so) when the variable is unset;
     /// a panic when it is set and the server does not answer.
     async fn create() -> Option<Self> {
-        let admin_url = harness::service_url("GSMTPD_TEST_POSTGRES_URL")?;
-        let name = format!(
-            "gsmtpd_t_{}",
-            MessageId::generate(SystemTime::now())
-                .as_str()
-                .to_ascii_lowercase()
-        );
-        let mut admin = PgConnection::connect(&admin_url)
-            .await
-            .unwrap_or_else(|e| panic!("GSMTPD_TEST_POSTGRES_URL={admin_url}: {e}"));
-        // template0: UTF8 whatever the cluster's default, and no other
-        // session can be in the template while parallel tests copy it.
-        admin
-            .execute(AssertSqlSafe(format!(
-                "CREATE DATABASE {name} ENCODING 'UTF8' TEMPLATE template0"
-            )))
-            .await
-            .unwrap();
-        let _ = admin.close().await;
-        let url = with_database(&admin_url, &name);
-        Some(Self {
-            admin_url,
-            name,
-            url,
-        })
+        ScratchDb::create::<PgConnection>(
+            "GSMTPD_TEST_POSTGRES_URL",
+            // template0: UTF8 whatever the cluster's default, and no other
+            // session can be in the template while parallel tests copy it.
+            |name| format!("CREATE DATABASE {name} ENCODING 'UTF8' TEMPLATE template0"),
+            // FORCE: the server's pools may still be closing.
+            |name| format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        )
+        .await
+        .map(Self)
+    }
+
+    /// The URL of this database.
+    fn url(&self) -> &str {
+        &self.0.url
     }
 
     /// A pool for the test's own reads and writes.
     async fn pool(&self) -> PgPool {
-        PgPool::connect(&self.url).await.unwrap()
-    }
-
-    /// Where the database really is, for a proxy to forward to.
-    fn upstream(&self) -> SocketAddr {
-        let o = PgConnectOptions::from_str(&self.url).unwrap();
-        let host = if o.get_host() == "localhost" {
-            "127.0.0.1"
-        } else {
-            o.get_host()
-        };
-        format!("{host}:{}", o.get_port()).parse().unwrap()
+        PgPool::connect(self.url()).await.unwrap()
     }
 
     fn config(&self) -> PostgresConfig {
         PostgresConfig {
-            url: self.url.clone(),
+            url: self.url().to_owned(),
             create_tables: true,
             timeout_secs: 5,
         }
     }
-}
 
-impl Drop for TestDb {
-    /// Dropped from inside a runtime, which cannot block on its own
-    /// futures: the clean-up runs on a thread with a runtime of its own.
-    fn drop(&mut self) {
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        let done = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let mut admin = PgConnection::connect(&admin_url).await?;
-                // FORCE: the server's pools may still be closing.
-                admin
-                    .execute(AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                    )))
-                    .await?;
-                admin.close().await
-            })
-        })
-        .join();
-        if !matches!(done, Ok(Ok(()))) {
-            eprintln!("could not drop test database {}: {done:?}", self.name);
-        }
+    /// A proxy in front of the database, and a server whose only store is
+    /// the database through it, with a 2 s timeout.
+    async fn behind_proxy(&self) -> (Proxy, Server) {
+        let (proxy, url) = Proxy::in_front_of(self.url(), 5432).await;
+        let cfg = PostgresConfig {
+            url,
+            timeout_secs: 2,
+            ..self.config()
+        };
+        let server = Server::start_with(|c| c.store = vec![postgres_store(cfg)]).await;
+        (proxy, server)
     }
-}
-
-/// `url` with its database replaced by `db`, query string kept.
-fn with_database(url: &str, db: &str) -> String {
-    let (scheme, rest) = url.split_once("://").expect("a URL");
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let query = tail.find('?').map_or("", |i| &tail[i..]);
-    format!("{scheme}://{authority}/{db}{query}")
-}
-
-/// `url` with its host and port replaced by `addr`.
-fn via(url: &str, addr: SocketAddr) -> String {
-    let (scheme, rest) = url.split_once("://").expect("a URL");
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let userinfo = authority.rsplit_once('@').map_or("", |(u, _)| u);
-    let at = if userinfo.is_empty() { "" } else { "@" };
-    format!("{scheme}://{userinfo}{at}{addr}{tail}")
 }
 
 fn postgres_store(cfg: PostgresConfig) -> StoreConfig {
@@ -164,37 +101,6 @@ async fn count(pool: &PgPool, table: &'static str) -> i64 {
         .unwrap()
 }
 
-const MIME: &[u8] = b"From: \"Sender Name\" <Sender@Example.NET>\r\n\
-To: Alice <Alice@example.com>, bob@sub.example.org\r\n\
-Subject: =?ISO-8859-1?Q?Caf=E9_cr=E8me?=\r\n\
-Date: Thu, 3 Dec 2026 17:15:33 +0100\r\n\
-Message-ID: <abc.123@sender.example.net>\r\n\
-MIME-Version: 1.0\r\n\
-Content-Type: multipart/mixed; boundary=\"outer\"\r\n\
-\r\n\
---outer\r\n\
-Content-Type: multipart/alternative; boundary=\"inner\"\r\n\
-\r\n\
---inner\r\n\
-Content-Type: text/plain; charset=ISO-8859-1\r\n\
-Content-Transfer-Encoding: quoted-printable\r\n\
-\r\n\
-Caf=E9 plain\r\n\
---inner\r\n\
-Content-Type: text/html; charset=ISO-8859-1\r\n\
-Content-Transfer-Encoding: quoted-printable\r\n\
-\r\n\
-<p>Caf=E9 <b>html</b></p>\r\n\
---inner--\r\n\
-\r\n\
---outer\r\n\
-Content-Type: application/octet-stream; name=\"data.bin\"\r\n\
-Content-Disposition: attachment; filename=\"data.bin\"\r\n\
-Content-Transfer-Encoding: base64\r\n\
-\r\n\
-AAECAwQ=\r\n\
---outer--\r\n";
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_mime_message_lands_in_postgres_field_by_field() {
     let Some(db) = TestDb::create().await else {
@@ -208,13 +114,14 @@ async fn a_mime_message_lands_in_postgres_field_by_field() {
         c.store.push(postgres_store(cfg));
     })
     .await;
+    let message = harness::mime("=?ISO-8859-1?Q?Caf=E9_cr=E8me?=");
     let before = SystemTime::now();
     let mut c = server.client().await;
     let id = c
         .send_message(
             "sender@example.net",
             &["Alice@example.com", "bob@sub.example.org"],
-            MIME,
+            &message,
         )
         .await
         .queued_id();
@@ -233,7 +140,7 @@ async fn a_mime_message_lands_in_postgres_field_by_field() {
     .unwrap();
     let raw: Vec<u8> = row.get("raw");
     // Byte-exact: our Received header, then the message as sent.
-    assert_eq!(harness::content(&raw), MIME);
+    assert_eq!(harness::content(&raw), message);
     let received = format!(
         "Received: from client.test ([127.0.0.1])\r\n\tby mx.test (gsmtpd) with ESMTP id {id};\r\n\t"
     );
@@ -278,7 +185,7 @@ async fn a_mime_message_lands_in_postgres_field_by_field() {
 
     // One row per recipient, as accepted; the hash is over the recipient
     // rewritten to primary_mail_host, then from, subject and body.
-    let hash = |to: &str| parse::hash(to, "sender@example.net", "Café crème", body);
+    let hash = |to: &str| sql::md5_hex(&[to, "sender@example.net", "Café crème", body]);
     assert_eq!(
         recipients(&pool, &id).await,
         [
@@ -415,12 +322,12 @@ before=00after \0raw =F0=9F=98=80\r\n";
         recipients(&pool, &id).await,
         [(
             "r@example.com".into(),
-            parse::hash(
+            sql::md5_hex(&[
                 "r@example.com",
                 "a@sender.test",
                 &parsed.subject,
                 &parsed.body
-            )
+            ])
         )]
     );
     pool.close().await;
@@ -438,13 +345,7 @@ async fn outage_answers_451_then_mail_flows_again_without_restart() {
     let Some(db) = TestDb::create().await else {
         return;
     };
-    let proxy = Proxy::start(db.upstream()).await;
-    let cfg = PostgresConfig {
-        url: via(&db.url, proxy.addr()),
-        timeout_secs: 2,
-        ..db.config()
-    };
-    let server = Server::start_with(|c| c.store = vec![postgres_store(cfg)]).await;
+    let (mut proxy, server) = db.behind_proxy().await;
     let mut c = server.client().await;
     let first = c
         .send_message(
@@ -465,7 +366,7 @@ async fn outage_answers_451_then_mail_flows_again_without_restart() {
         .await;
     assert_eq!((r.code, &r.text[..5]), (451, "4.3.0"), "{r:?}");
 
-    proxy.restore();
+    proxy.restore().await;
     let again = c
         .send_message(
             "a@sender.test",
@@ -478,7 +379,7 @@ async fn outage_answers_451_then_mail_flows_again_without_restart() {
     // An outage while idle (a database restart at night): the pooled
     // connection died unseen, and the next message must not pay for it.
     proxy.cut().await;
-    proxy.restore();
+    proxy.restore().await;
     let idle = c
         .send_message(
             "a@sender.test",
@@ -518,13 +419,7 @@ async fn a_silent_database_answers_451_after_the_timeout() {
     let Some(db) = TestDb::create().await else {
         return;
     };
-    let proxy = Proxy::start(db.upstream()).await;
-    let cfg = PostgresConfig {
-        url: via(&db.url, proxy.addr()),
-        timeout_secs: 2,
-        ..db.config()
-    };
-    let server = Server::start_with(|c| c.store = vec![postgres_store(cfg)]).await;
+    let (mut proxy, server) = db.behind_proxy().await;
     let mut c = server.client().await;
     let first = c
         .send_message("a@sender.test", &["r@example.com"], b"Subject: one\r\n\r\n")
@@ -546,7 +441,7 @@ async fn a_silent_database_answers_451_after_the_timeout() {
 
     // The network comes back as a reset of what hung, then service.
     proxy.cut().await;
-    proxy.restore();
+    proxy.restore().await;
     let second = c
         .send_message("a@sender.test", &["r@example.com"], b"Subject: two\r\n\r\n")
         .await
@@ -709,25 +604,6 @@ async fn without_create_tables_missing_tables_stop_the_start() {
     );
 }
 
-fn envelope(raw: bytes::Bytes) -> Arc<Envelope> {
-    Arc::new(Envelope {
-        id: MessageId::generate(SystemTime::now()),
-        received_at: SystemTime::now(),
-        client: "192.0.2.9:25".parse().unwrap(),
-        helo: "client.test".into(),
-        esmtp: true,
-        tls: false,
-        mail_from: "s@sender.test".into(),
-        recipients: vec!["r@example.com".into()],
-        body: Default::default(),
-        smtputf8: false,
-        raw,
-        header_len: 0,
-        parsed: None,
-        hashes: Vec::new(),
-    })
-}
-
 /// Batches over the statement size limit are written in several
 /// statements, still in one transaction: a failure in the last one leaves
 /// nothing of the first.
@@ -738,12 +614,12 @@ async fn a_large_batch_is_split_but_stays_all_or_nothing() {
     };
     let pool = db.pool().await;
     let mut store = PostgresStore::connect(&db.config()).await.unwrap();
-    let small = envelope(bytes::Bytes::from_static(b"Subject: small\r\n\r\n"));
+    let small = sql::envelope(&["r@example.com"], &b"Subject: small\r\n\r\n"[..]);
     store.commit(std::slice::from_ref(&small)).await.unwrap();
 
     // Three messages of 22 MiB: 66 MiB is over the 64 MiB per statement.
     let big: Vec<_> = (0..3u8)
-        .map(|k| envelope(vec![b'a' + k; 22 << 20].into()))
+        .map(|k| sql::envelope(&["r@example.com"], vec![b'a' + k; 22 << 20]))
         .collect();
     let mut failing = big.clone();
     failing.push(small.clone());
@@ -772,25 +648,4 @@ async fn a_large_batch_is_split_but_stays_all_or_nothing() {
     }
     assert_eq!(count(&pool, "messages").await, 4);
     pool.close().await;
-}
-
-#[test]
-fn urls_are_rewritten() {
-    assert_eq!(
-        with_database("postgres://postgres@127.0.0.1:5432/test", "x"),
-        "postgres://postgres@127.0.0.1:5432/x"
-    );
-    assert_eq!(
-        with_database("postgres://u:p@h/test?sslmode=disable", "x"),
-        "postgres://u:p@h/x?sslmode=disable"
-    );
-    let proxy: SocketAddr = "127.0.0.1:6000".parse().unwrap();
-    assert_eq!(
-        via("postgres://postgres@127.0.0.1:5432/x", proxy),
-        "postgres://postgres@127.0.0.1:6000/x"
-    );
-    assert_eq!(
-        via("postgres://h/x?a=b", proxy),
-        "postgres://127.0.0.1:6000/x?a=b"
-    );
 }

@@ -59,14 +59,7 @@ impl Proc {
             addr: "0.0.0.0:0".parse().unwrap(),
             log,
         };
-        let line = p.wait_for("listening addr=");
-        p.addr = line
-            .split("listening addr=")
-            .nth(1)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        p.addr = listening_addr(&p.wait_for("listening addr="));
         p
     }
 
@@ -78,21 +71,7 @@ impl Proc {
 
     /// Waits for the `n`th log line containing `needle`.
     fn wait_for_nth(&self, needle: &str, n: usize) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(l) = self
-                .log
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|l| l.contains(needle))
-                .nth(n - 1)
-            {
-                return l.clone();
-            }
-            assert!(Instant::now() < deadline, "no log line with {needle:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_line(|| self.log.lock().unwrap().join("\n"), needle, n)
     }
 
     fn signal(&self, sig: i32) {
@@ -111,6 +90,41 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Waits up to 30 s for the `n`th line of `log()` containing `needle`.
+fn wait_for_line(log: impl Fn() -> String, needle: &str, n: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = log();
+        if let Some(l) = log.lines().filter(|l| l.contains(needle)).nth(n - 1) {
+            return l.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log line with {needle:?}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends SIGTERM to `child` and checks that it exits cleanly.
+async fn terminate(mut child: Child) {
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+/// The address in a `listening addr=...` log line.
+fn listening_addr(line: &str) -> SocketAddr {
+    line.split("listening addr=")
+        .nth(1)
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
 }
 
 impl Drop for Proc {
@@ -184,7 +198,7 @@ async fn port_and_log_flags_then_sigterm_exits_zero() {
         .local_addr()
         .unwrap()
         .port();
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args([
             "-c",
             cfg.to_str().unwrap(),
@@ -211,13 +225,7 @@ async fn port_and_log_flags_then_sigterm_exits_zero() {
         .await
         .queued_id();
     c.expect("QUIT", 221).await;
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "{status}");
+    terminate(child).await;
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
         text.contains(&format!("listening addr=127.0.0.1:{port}")),
@@ -396,33 +404,14 @@ async fn sighup_reload_sigusr1_reopen_and_pid_file() {
     let cfg = d.join("gsmtpd.toml");
     // Log to stderr for the address, and to a file via -l? One sink only:
     // the file. Its first line gives the address.
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(["-c", cfg.to_str().unwrap(), "-l", log.to_str().unwrap()])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    let wait_log = |needle: &str, n: usize| -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(l) = read_log().lines().filter(|l| l.contains(needle)).nth(n - 1) {
-                return l.to_owned();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no log line with {needle:?}:\n{}",
-                read_log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    let addr: SocketAddr = wait_log("listening addr=", 1)
-        .split("listening addr=")
-        .nth(1)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let wait_log = |needle: &str, n: usize| wait_for_line(read_log, needle, n);
+    let addr = listening_addr(&wait_log("listening addr=", 1));
     assert_eq!(
         std::fs::read_to_string(&pid).unwrap().trim(),
         child.id().to_string()
@@ -486,11 +475,6 @@ async fn sighup_reload_sigusr1_reopen_and_pid_file() {
             .contains("configuration reloaded")
     );
 
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "{status}");
+    terminate(child).await;
     assert!(!pid.exists(), "the pid file is removed at exit");
 }
