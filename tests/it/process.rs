@@ -384,12 +384,12 @@ async fn sighup_reload_sigusr1_reopen_and_pid_file() {
     let cert = crate::tls::cert(d, "a");
     let pid = d.join("gsmtpd.pid");
     let log = d.join("gsmtpd.log");
-    let write = |extra_domain: &str, extra_listener: &str| {
+    let write = |extra_domain: &str, extra_listener: &str, level: &str| {
         std::fs::write(
             d.join("gsmtpd.toml"),
             format!(
                 "hostname = \"mx.test\"\nallowed_hosts = [\"example.com\"{extra_domain}]\n\
-                 max_connections_per_ip = 0\npid_file = {pid:?}\n\
+                 max_connections_per_ip = 0\npid_file = {pid:?}\nlog_level = {level:?}\n\
                  [[listener]]\naddr = \"127.0.0.1:0\"\ntls = \"starttls\"\n\
                  tls_cert = {:?}\ntls_key = {:?}\n{extra_listener}\
                  [store]\nkind = \"sqlite\"\npath = {:?}\n",
@@ -400,7 +400,7 @@ async fn sighup_reload_sigusr1_reopen_and_pid_file() {
         )
         .unwrap();
     };
-    write("", "");
+    write("", "", "info");
     let cfg = d.join("gsmtpd.toml");
     // Log to stderr for the address, and to a file via -l? One sink only:
     // the file. Its first line gives the address.
@@ -432,7 +432,12 @@ async fn sighup_reload_sigusr1_reopen_and_pid_file() {
     let new_cert = crate::tls::cert(d, "b");
     std::fs::copy(&new_cert.cert, &cert.cert).unwrap();
     std::fs::copy(&new_cert.key, &cert.key).unwrap();
-    write(", \"new.test\"", "[[listener]]\naddr = \"127.0.0.2:0\"\n");
+    // ...and the log level: the SMTP dialogue is logged from now on.
+    write(
+        ", \"new.test\"",
+        "[[listener]]\naddr = \"127.0.0.2:0\"\n",
+        "info,gsmtpd::dialogue=debug",
+    );
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
     wait_log("configuration reloaded", 1);
     let second: SocketAddr = wait_log("listening addr=", 2)
@@ -453,6 +458,11 @@ async fn sighup_reload_sigusr1_reopen_and_pid_file() {
     fresh.expect("MAIL FROM:<a@sender.test>", 250).await;
     fresh.expect("RCPT TO:<r@new.test>", 250).await;
     fresh.expect("QUIT", 221).await;
+    let dialogue = wait_log("< EHLO fresh.test", 1);
+    assert!(
+        !read_log().contains("< EHLO busy.test"),
+        "debug was off before the reload: {dialogue}"
+    );
     let mut c = crate::harness::Client::connect(addr).await;
     c.expect("EHLO tls.test", 250).await;
     c.expect("STARTTLS", 220).await;
