@@ -44,6 +44,12 @@ pub struct Config {
     /// Largest message content accepted, in octets.
     #[serde(default = "default_max_message_size")]
     pub max_message_size: u64,
+    /// Memory budget for large messages: a message past 1 MiB reserves
+    /// `max_message_size` from it before it is buffered further, and keeps
+    /// the reservation until it is stored; when the budget is taken, the
+    /// connection waits (and stops reading) until another is stored.
+    #[serde(default = "default_max_inflight_bytes")]
+    pub max_inflight_bytes: u64,
     /// Recipients per message.
     #[serde(default = "default_max_recipients")]
     pub max_recipients: usize,
@@ -257,7 +263,14 @@ pub enum Backend {
     Redis(RedisConfig),
     /// Memcached.
     Memcached(MemcachedConfig),
+    /// Accepts and discards: for load tests only.
+    Null(NullConfig),
 }
+
+/// The `null` store has no settings.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NullConfig {}
 
 impl Backend {
     /// The `kind` as written in the configuration.
@@ -268,6 +281,7 @@ impl Backend {
             Backend::Postgres(_) => "postgres",
             Backend::Redis(_) => "redis",
             Backend::Memcached(_) => "memcached",
+            Backend::Null(_) => "null",
         }
     }
 
@@ -279,6 +293,7 @@ impl Backend {
             Backend::Postgres(_) => cfg!(feature = "postgres"),
             Backend::Redis(_) => cfg!(feature = "redis"),
             Backend::Memcached(_) => cfg!(feature = "memcached"),
+            Backend::Null(_) => true,
         }
     }
 
@@ -486,6 +501,9 @@ fn default_allowed_hosts() -> Vec<String> {
 fn default_max_message_size() -> u64 {
     26_214_400
 }
+fn default_max_inflight_bytes() -> u64 {
+    268_435_456
+}
 fn default_max_recipients() -> usize {
     100
 }
@@ -639,6 +657,19 @@ impl Config {
         if self.listener.is_empty() {
             return bad("at least one [[listener]] is needed".into());
         }
+        let largest = self
+            .listener
+            .iter()
+            .filter_map(|l| l.max_message_size)
+            .chain([self.max_message_size])
+            .max()
+            .unwrap_or(self.max_message_size);
+        if self.max_inflight_bytes < largest {
+            return bad(format!(
+                "max_inflight_bytes = {} must hold at least one message of max_message_size ({largest})",
+                self.max_inflight_bytes
+            ));
+        }
         for (i, l) in self.listener.iter().enumerate() {
             if self.listener[..i]
                 .iter()
@@ -719,7 +750,7 @@ impl Config {
         for s in &self.store {
             let kind = s.backend.kind();
             let zero = match &s.backend {
-                Backend::Sqlite(_) => None,
+                Backend::Sqlite(_) | Backend::Null(_) => None,
                 Backend::Mysql(c) => (c.timeout_secs == 0).then_some("timeout_secs"),
                 Backend::Postgres(c) => (c.timeout_secs == 0).then_some("timeout_secs"),
                 Backend::Redis(c) => (c.timeout_secs == 0).then_some("timeout_secs"),
@@ -999,6 +1030,7 @@ mod tests {
             "[store]\nkind = \"sqlite\"\nmax_batch = 0",
             "[store]\nkind = \"mysql\"",
             "max_message_size = -1",
+            "max_message_size = 2000\nmax_inflight_bytes = 1000",
         ] {
             assert!(Config::from_toml(toml).is_err(), "{toml}");
         }

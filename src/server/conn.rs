@@ -96,6 +96,16 @@ pub struct Services {
     pub stores: Arc<FanOut>,
     /// The recipient check, when configured.
     pub check: Option<Arc<RecipientCheck>>,
+    /// The large-message memory budget, in KiB (`max_inflight_bytes`).
+    pub inflight: Arc<tokio::sync::Semaphore>,
+}
+
+/// Past this much memory a message must hold a reservation of the budget.
+pub const LARGE_MESSAGE: usize = 1 << 20;
+
+/// Budget units (KiB) for `bytes`, rounded up.
+pub fn kib(bytes: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
 }
 
 /// Runs one SMTP session over `io` until it ends, or until STARTTLS hands
@@ -113,6 +123,8 @@ pub async fn drive<S: Io>(
         session.greeting();
     }
     let mut input = BytesMut::new();
+    // A large message's share of the memory budget, held until it is stored.
+    let mut reservation = None;
     loop {
         match session.advance(&mut input) {
             Event::NeedInput => {
@@ -122,6 +134,25 @@ pub async fn drive<S: Io>(
                 if input.is_empty() {
                     // Release the buffer: an idle session holds none.
                     input = BytesMut::new();
+                }
+                match session.message_memory() {
+                    0 => reservation = None,
+                    m if m > LARGE_MESSAGE && reservation.is_none() => {
+                        // Reserve all a message can grow to, at once: a
+                        // holder never waits for more, so the budget cannot
+                        // deadlock. Until then this connection stops reading.
+                        let units = kib(limits.session.max_message_size);
+                        let wait = Arc::clone(&services.inflight).acquire_many_owned(units);
+                        match tokio::time::timeout(limits.data_timeout, wait).await {
+                            Ok(permit) => reservation = permit.ok(),
+                            Err(_) => {
+                                session.timed_out();
+                                let _ = write_output(io, session, limits.command_timeout).await;
+                                return CloseReason::Timeout;
+                            }
+                        }
+                    }
+                    _ => {}
                 }
                 let (timeout, chunk) = if session.in_data() {
                     (limits.data_timeout, DATA_READ)
@@ -298,6 +329,9 @@ mod tests {
             pipeline: Arc::new(crate::pipeline::Pipeline::from_config(&config)),
             stores: Arc::new(stores),
             check: None,
+            inflight: Arc::new(tokio::sync::Semaphore::new(
+                kib(config.max_inflight_bytes) as usize
+            )),
         };
         let limits = config.conn_limits();
         let (client, mut server) = tokio::io::duplex(64 * 1024);

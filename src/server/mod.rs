@@ -204,6 +204,7 @@ struct Shared {
     runtime: ArcSwap<Runtime>,
     stores: Arc<FanOut>,
     check: Option<Arc<RecipientCheck>>,
+    inflight: Arc<Semaphore>,
     permits: Arc<Semaphore>,
     max_clients: AtomicUsize,
     clients: Arc<ClientCounts>,
@@ -273,6 +274,9 @@ impl Server {
             Ordering::Relaxed,
         );
         let shared = Arc::new(Shared {
+            inflight: Arc::new(Semaphore::new(
+                conn::kib(runtime.config.max_inflight_bytes) as usize
+            )),
             permits: Arc::new(Semaphore::new(runtime.config.max_clients)),
             max_clients: AtomicUsize::new(runtime.config.max_clients),
             runtime: ArcSwap::from_pointee(runtime),
@@ -363,8 +367,11 @@ impl Server {
         if new.config.store != old.config.store
             || new.config.recipient_check != old.config.recipient_check
             || new.config.admin != old.config.admin
+            || new.config.max_inflight_bytes != old.config.max_inflight_bytes
         {
-            tracing::warn!("stores, recipient_check and admin changes take effect at restart only");
+            tracing::warn!(
+                "stores, recipient_check, admin and max_inflight_bytes change at restart only"
+            );
         }
         self.resize_permits(new.config.max_clients);
         self.shared
@@ -614,6 +621,7 @@ async fn connection(
         pipeline: Arc::clone(&runtime.pipeline),
         stores: Arc::clone(&shared.stores),
         check: shared.check.clone(),
+        inflight: Arc::clone(&shared.inflight),
     };
     let limits = &listener.limits;
     let handshake_timeout = Duration::from_secs(runtime.config.tls_handshake_timeout_secs);

@@ -64,7 +64,21 @@ impl MessageBuf {
             self.buf = Vec::new();
             return;
         }
+        let needed = self.buf.len() + bytes.len();
+        if needed > self.buf.capacity() {
+            // Double, as Vec would, but never past the most this message
+            // can hold: a buffer's capacity is what it costs.
+            let cap = (self.buf.capacity() * 2)
+                .max(needed)
+                .min(self.prefix + self.limit as usize);
+            self.buf.reserve_exact(cap - self.buf.len());
+        }
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Octets of memory the buffer holds (its capacity).
+    pub fn memory(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// Counts content that was skipped without being looked at.
@@ -282,6 +296,17 @@ mod tests {
         assert!(msg.overflowed());
         assert_eq!(msg.content_len(), 18);
         assert!(msg.into_bytes().is_empty());
+    }
+
+    #[test]
+    fn capacity_never_exceeds_the_limit() {
+        let mut msg = MessageBuf::new(b"H\r\n", 5000, 0);
+        for _ in 0..50 {
+            msg.push(&[b'x'; 100]);
+        }
+        assert!(!msg.overflowed());
+        assert!(msg.memory() <= 3 + 5000, "{}", msg.memory());
+        assert_eq!(msg.into_bytes().len(), 3 + 5000);
     }
 
     #[test]

@@ -339,6 +339,15 @@ impl Session {
         matches!(self.phase, Phase::Data(_) | Phase::Chunk { .. })
     }
 
+    /// Octets of memory the message being received holds (0 when none, or
+    /// when it passed the size limit and is only counted).
+    pub fn message_memory(&self) -> usize {
+        self.tx
+            .as_ref()
+            .and_then(|t| t.message.as_ref())
+            .map_or(0, |m| m.buf.memory())
+    }
+
     /// True while a mail transaction is open (MAIL given, or a message is
     /// being received or stored): a graceful shutdown lets it finish.
     pub fn in_transaction(&self) -> bool {

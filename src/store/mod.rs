@@ -11,6 +11,7 @@ use crate::message::Envelope;
 pub mod memcached;
 #[cfg(feature = "mysql")]
 pub mod mysql;
+pub mod null;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "redis")]
@@ -125,6 +126,10 @@ impl Stores {
             match &cfg.backend {
                 #[cfg(feature = "sqlite")]
                 Backend::Sqlite(c) => stores.add(sqlite::SqliteStore::open(c)?, cfg),
+                Backend::Null(_) => {
+                    tracing::warn!("store kind \"null\": messages are acknowledged and discarded");
+                    stores.add(null::NullStore, cfg);
+                }
                 #[cfg(feature = "redis")]
                 Backend::Redis(c) => stores.add(self::redis::RedisStore::connect(c).await?, cfg),
                 #[cfg(feature = "memcached")]

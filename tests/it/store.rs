@@ -131,3 +131,60 @@ async fn unwritable_database_answers_451_and_stores_nothing() {
     assert!(server.raw(&id).ends_with(b"Subject: retry\r\n\r\n"));
     server.shutdown().await;
 }
+
+/// Large messages take their share of `max_inflight_bytes`; when it is
+/// taken, the next large message waits (the server stops reading it) until
+/// the first one is stored — memory stays bounded, and nothing is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn large_messages_wait_for_the_memory_budget() {
+    let server = Server::start_with(|c| {
+        c.max_message_size = 3 << 20;
+        c.max_inflight_bytes = 3 << 20;
+    })
+    .await;
+    let body = |tag: &str| {
+        let mut b = format!("Subject: {tag}\r\n\r\n").into_bytes();
+        b.extend(std::iter::repeat_n(b'y', 2 << 20));
+        b.extend_from_slice(b"\r\n");
+        b
+    };
+    let start = |tag: &'static str| {
+        let addr = server.addr;
+        let wire = gsmtpd::smtp::data::stuff(&body(tag));
+        async move {
+            let mut c = crate::harness::Client::connect(addr).await;
+            c.expect("EHLO big.test", 250).await;
+            c.expect("MAIL FROM:<a@sender.test>", 250).await;
+            c.expect("RCPT TO:<r@example.com>", 250).await;
+            c.expect("DATA", 354).await;
+            (c, wire)
+        }
+    };
+    // A sends all but the final dot: it holds the whole budget.
+    let (mut a, wire_a) = start("first").await;
+    let (a_body, a_end) = wire_a.split_at(wire_a.len() - 3);
+    a.send(a_body).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // B sends everything; past 1 MiB the server stops reading it.
+    let (mut b, wire_b) = start("second").await;
+    let b_task = tokio::spawn(async move {
+        b.send(&wire_b).await;
+        let r = b.reply().await;
+        (r, std::time::Instant::now())
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert!(
+        !b_task.is_finished(),
+        "B must wait while A holds the budget"
+    );
+    assert_eq!(server.count(), 0);
+    a.send(a_end).await;
+    let a_reply = a.reply().await;
+    let a_done = std::time::Instant::now();
+    a_reply.queued_id();
+    let (b_reply, b_done) = b_task.await.unwrap();
+    b_reply.queued_id();
+    assert!(b_done >= a_done, "B is stored after A released the budget");
+    assert_eq!(server.count(), 2);
+    server.shutdown().await;
+}
