@@ -9,21 +9,26 @@
 //! - [`store`]: the `Store` trait, the group-commit writer and the backends;
 //! - [`config`]: the TOML configuration.
 //!
-//! Embedding it takes a bound listener, a configuration, a store and a
-//! shutdown future:
+//! Embedding it takes a configuration (the stores it names are opened) and
+//! a shutdown signal:
 //!
 //! ```no_run
-//! # async fn example() -> std::io::Result<()> {
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = gsmtpd::Config::default();
-//! let store = gsmtpd::store::sqlite::SqliteStore::open(&Default::default()).unwrap();
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:2525").await?;
-//! gsmtpd::run(listener, config, store, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! let backends = gsmtpd::Backends::open(&config).await?;
+//! let server = gsmtpd::Server::bind(config, backends).await?;
+//! tokio::signal::ctrl_c().await?;
+//! server.shutdown().await;
+//! # Ok(())
 //! # }
 //! ```
+//!
+//! or, with a store of your own, [`run`] (see `examples/embed.rs`).
 
 pub mod admin;
 pub mod check;
 pub mod config;
+pub mod logsink;
 pub mod message;
 pub mod metrics;
 pub mod pipeline;

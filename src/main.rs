@@ -2,15 +2,14 @@
 //! then signals: SIGHUP reloads, SIGUSR1 reopens the log, SIGTERM and
 //! SIGINT shut down gracefully.
 
-use std::fs::File;
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use gsmtpd::config::Config;
+use gsmtpd::logsink::{Flusher, LogSink};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -94,51 +93,13 @@ fn load(cli: &Cli) -> Result<Config> {
     Ok(config)
 }
 
-/// A log file that can be reopened in place (logrotate's SIGUSR1).
-#[derive(Clone)]
-struct LogFile {
-    path: PathBuf,
-    file: Arc<Mutex<File>>,
-}
-
-impl LogFile {
-    fn open(path: &Path) -> io::Result<Self> {
-        Ok(Self {
-            path: path.to_owned(),
-            file: Arc::new(Mutex::new(append(path)?)),
-        })
-    }
-
-    fn reopen(&self) -> io::Result<()> {
-        let fresh = append(&self.path)?;
-        *self.file.lock().expect("log file lock") = fresh;
-        Ok(())
-    }
-}
-
-fn append(path: &Path) -> io::Result<File> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-}
-
-impl Write for LogFile {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file.lock().expect("log file lock").write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.lock().expect("log file lock").flush()
-    }
-}
-
 /// The installed subscriber's handles.
 struct Logging {
     filter: reload::Handle<EnvFilter, tracing_subscriber::Registry>,
-    file: Option<LogFile>,
+    sink: LogSink,
     verbose: bool,
-    /// Flushes buffered lines at exit.
-    _guard: tracing_appender::non_blocking::WorkerGuard,
+    /// Writes out buffered lines at exit.
+    _flusher: Flusher,
 }
 
 impl Logging {
@@ -150,31 +111,30 @@ impl Logging {
         };
         let filter = EnvFilter::try_new(level).with_context(|| format!("log level {level:?}"))?;
         let (filter, handle) = reload::Layer::new(filter);
-        let (writer, guard, file, ansi) = match &config.log_file {
-            Some(path) => {
-                let file = LogFile::open(path)
-                    .with_context(|| format!("cannot open log file {}", path.display()))?;
-                let (w, g) = tracing_appender::non_blocking(file.clone());
-                (w, g, Some(file), false)
-            }
-            None => {
-                let (w, g) = tracing_appender::non_blocking(io::stderr());
-                (w, g, None, io::stderr().is_terminal())
-            }
-        };
+        let (sink, flusher) = LogSink::open(config.log_file.as_deref()).with_context(|| {
+            format!(
+                "cannot open log file {}",
+                config
+                    .log_file
+                    .as_deref()
+                    .unwrap_or(Path::new("-"))
+                    .display()
+            )
+        })?;
+        let ansi = config.log_file.is_none() && io::stderr().is_terminal();
         tracing_subscriber::registry()
             .with(filter)
             .with(
                 tracing_subscriber::fmt::layer()
-                    .with_writer(writer)
+                    .with_writer(sink.clone())
                     .with_ansi(ansi),
             )
             .init();
         Ok(Self {
             filter: handle,
-            file,
+            sink,
             verbose,
-            _guard: guard,
+            _flusher: flusher,
         })
     }
 
@@ -209,12 +169,10 @@ async fn serve(cli: &Cli, config: Config, logging: &Logging) -> Result<()> {
     loop {
         tokio::select! {
             _ = hup.recv() => reload(cli, &server, logging).await,
-            _ = usr1.recv() => match &logging.file {
-                Some(f) => match f.reopen() {
-                    Ok(()) => tracing::info!(path = %f.path.display(), "log file reopened"),
-                    Err(e) => tracing::error!(path = %f.path.display(), error = %e, "cannot reopen the log file"),
-                },
-                None => tracing::info!("SIGUSR1: logging to standard error, nothing to reopen"),
+            _ = usr1.recv() => match logging.sink.reopen() {
+                Ok(Some(path)) => tracing::info!(path = %path.display(), "log file reopened"),
+                Ok(None) => tracing::info!("SIGUSR1: logging to standard error, nothing to reopen"),
+                Err(e) => tracing::error!(error = %e, "cannot reopen the log file"),
             },
             _ = term.recv() => {
                 tracing::info!("SIGTERM received");

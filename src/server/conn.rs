@@ -322,7 +322,9 @@ mod tests {
         })
         .unwrap();
         let mut stores = crate::store::Stores::new();
-        stores.add(store, &crate::config::StoreConfig::default());
+        stores
+            .add_blocking(store, &crate::config::StoreConfig::default())
+            .unwrap();
         let (stores, _writers) = stores.split();
         let config = Config::default();
         let services = Services {

@@ -20,7 +20,7 @@ pub mod redis;
 pub mod sqlite;
 pub mod writer;
 
-pub use writer::{Delivery, WriterHandle};
+pub use writer::{BlockingStore, Delivery, WriterHandle};
 
 use crate::config::{Backend, Config, StoreConfig};
 
@@ -119,13 +119,30 @@ impl Stores {
         self.writers.push(writer);
     }
 
+    /// Adds a blocking `store`, with its writer on a thread of its own.
+    pub fn add_blocking<S: BlockingStore>(
+        &mut self,
+        store: S,
+        cfg: &StoreConfig,
+    ) -> Result<(), StoreError> {
+        let (delivery, writer) = writer::spawn_thread(store, cfg.queue_size, cfg.max_batch)
+            .map_err(|e| StoreError::permanent("writer", format!("cannot start a thread: {e}")))?;
+        if cfg.optional {
+            self.optional.push(delivery);
+        } else {
+            self.required.push(delivery);
+        }
+        self.writers.push(writer);
+        Ok(())
+    }
+
     /// Opens every store the configuration lists.
     pub async fn open(config: &Config) -> Result<Self, StoreError> {
         let mut stores = Self::new();
         for cfg in &config.store {
             match &cfg.backend {
                 #[cfg(feature = "sqlite")]
-                Backend::Sqlite(c) => stores.add(sqlite::SqliteStore::open(c)?, cfg),
+                Backend::Sqlite(c) => stores.add_blocking(sqlite::SqliteStore::open(c)?, cfg)?,
                 Backend::Null(_) => {
                     tracing::warn!("store kind \"null\": messages are acknowledged and discarded");
                     stores.add(null::NullStore, cfg);

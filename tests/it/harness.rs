@@ -244,7 +244,7 @@ impl Server {
     pub fn recipients(&self, id: &str) -> Vec<String> {
         let db = self.db();
         let mut st = db
-            .prepare("SELECT address FROM recipients WHERE message_id = ?1 ORDER BY rowid")
+            .prepare("SELECT address FROM recipients WHERE message_id = ?1 ORDER BY position")
             .unwrap();
         st.query_map([id], |r| r.get(0))
             .unwrap()

@@ -454,7 +454,7 @@ mod memcached_store {
     fn hashes(server: &Server, id: &str) -> Vec<String> {
         let db = server.db();
         let mut st = db
-            .prepare("SELECT hash FROM recipients WHERE message_id = ?1 ORDER BY rowid")
+            .prepare("SELECT hash FROM recipients WHERE message_id = ?1 ORDER BY position")
             .unwrap();
         let hashes: Vec<String> = st
             .query_map([id], |r| r.get(0))
