@@ -7,7 +7,7 @@
 //! store slows the connections that feed it; nothing is ever dropped.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -174,19 +174,16 @@ pub fn spawn_thread<S: BlockingStore>(
     let (tx, mut rx) = mpsc::channel(queue_size);
     let name = store.name();
     let (done, end) = oneshot::channel();
+    let runtime = tokio::runtime::Handle::current();
     std::thread::Builder::new()
         .name(format!("gsmtpd-{name}"))
         .spawn(move || {
             let mut jobs = Vec::with_capacity(max_batch);
             let mut batch = Batch::with_capacity(max_batch);
+            let mut gather = Gather::default();
             while let Some(first) = rx.blocking_recv() {
                 jobs.push(first);
-                while jobs.len() < max_batch {
-                    match rx.try_recv() {
-                        Ok(job) => jobs.push(job),
-                        Err(_) => break,
-                    }
-                }
+                runtime.block_on(gather.more(&mut rx, &mut jobs, max_batch));
                 crate::metrics::store_queue_depth(name, rx.len());
                 batch.take(&mut jobs);
                 for ack in batch.pings.drain(..) {
@@ -195,6 +192,7 @@ pub fn spawn_thread<S: BlockingStore>(
                 if !batch.messages.is_empty() {
                     let started = Instant::now();
                     let result = store.commit(&batch.messages);
+                    gather.committed(batch.messages.len(), started.elapsed());
                     batch.finish(name, started, result);
                 }
             }
@@ -202,6 +200,62 @@ pub fn spawn_thread<S: BlockingStore>(
         })?;
     let end = WriterEnd::Thread(end);
     Ok((Delivery { tx, store: name }, WriterHandle { end }))
+}
+
+/// Gathers a batch: everything queued, and — when the previous commit
+/// acknowledged more messages than are queued now — a short wait for the
+/// rest. The connections it acknowledged answer within a round trip or
+/// two; committing the first of them alone would split one wave of
+/// messages into a commit of one and a commit of the rest, paying every
+/// per-commit cost (WAL frames of the same hot pages, an fsync) twice.
+/// A lone client never waits: its previous batch was itself.
+#[derive(Debug, Default)]
+struct Gather {
+    /// Messages in the previous commit.
+    last_batch: usize,
+    /// How long the previous commit took.
+    last_commit: Duration,
+}
+
+/// The longest a batch waits for the rest of its wave.
+const GATHER_MAX: Duration = Duration::from_millis(2);
+
+impl Gather {
+    /// Adds what is queued to `jobs`, waiting a little for more when more
+    /// are expected.
+    async fn more(&self, rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>, max_batch: usize) {
+        drain(rx, jobs, max_batch);
+        let expect = self.last_batch.min(max_batch);
+        if jobs.len() >= expect {
+            return;
+        }
+        // Waiting longer than a commit takes would cost more than it saves.
+        let deadline = tokio::time::Instant::now() + self.last_commit.min(GATHER_MAX);
+        while jobs.len() < expect {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(job)) => {
+                    jobs.push(job);
+                    drain(rx, jobs, max_batch);
+                }
+                Ok(None) | Err(_) => return,
+            }
+        }
+    }
+
+    fn committed(&mut self, messages: usize, took: Duration) {
+        self.last_batch = messages;
+        self.last_commit = took;
+    }
+}
+
+/// Moves what is queued into `jobs`, up to `max` in all.
+fn drain(rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>, max: usize) {
+    while jobs.len() < max {
+        match rx.try_recv() {
+            Ok(job) => jobs.push(job),
+            Err(_) => break,
+        }
+    }
 }
 
 /// The messages and pings taken from the queue at once.

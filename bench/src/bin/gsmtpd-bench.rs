@@ -42,6 +42,12 @@ struct Cli {
     /// Scenarios to run (a, b, c, d, e).
     #[arg(long, default_value = "a,b,c,d,e", value_delimiter = ',')]
     only: Vec<String>,
+    /// Servers to run: sink, null, sqlite, mysql.
+    #[arg(long, default_value = "sink,null,sqlite,mysql", value_delimiter = ',')]
+    servers: Vec<String>,
+    /// Generators to run: source (smtp-source), pipelined (smtp-load).
+    #[arg(long, default_value = "source,pipelined", value_delimiter = ',')]
+    generators: Vec<String>,
     /// Divide every message count by this (a quick look, not a result).
     #[arg(long, default_value_t = 1)]
     scale: u64,
@@ -501,11 +507,22 @@ fn main() {
     std::fs::create_dir_all(&cli.workdir).unwrap();
     let only = cli.only.clone();
     let want = |k: &str| only.iter().any(|o| o == k);
-    let mysql = !cli.mysql_url.is_empty();
-    let mut servers = vec![Server::Sink, Server::Null, Server::Sqlite];
-    if mysql {
-        servers.push(Server::Mysql);
-    }
+    let mysql = !cli.mysql_url.is_empty() && cli.servers.iter().any(|s| s == "mysql");
+    let servers: Vec<Server> = [
+        ("sink", Server::Sink),
+        ("null", Server::Null),
+        ("sqlite", Server::Sqlite),
+        ("mysql", Server::Mysql),
+    ]
+    .into_iter()
+    .filter(|(k, s)| cli.servers.iter().any(|o| o == k) && (*s != Server::Mysql || mysql))
+    .map(|(_, s)| s)
+    .collect();
+    let generators: Vec<Generator> = [("source", Generator::Source), ("pipelined", Generator::Pipelined)]
+        .into_iter()
+        .filter(|(k, _)| cli.generators.iter().any(|o| o == k))
+        .map(|(_, g)| g)
+        .collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -532,7 +549,7 @@ fn main() {
     )
     .unwrap();
     for load in LOADS.iter().filter(|l| want(l.key)) {
-        for generator in [Generator::Source, Generator::Pipelined] {
+        for &generator in &generators {
             let mut sink_cpu = f64::NAN;
             for &server in &servers {
                 let samples: Vec<Sample> = (0..reps).map(|_| b.throughput(server, generator, load)).collect();
@@ -559,7 +576,7 @@ fn main() {
     }
     if want("d") {
         writeln!(out, "\n| (d) 5000 idle connections after EHLO | RSS growth per connection (bytes) |\n|---|---|").unwrap();
-        for &server in &[Server::Sink, Server::Null, Server::Sqlite] {
+        for &server in servers.iter().filter(|s| **s != Server::Mysql) {
             let v: Vec<f64> = (0..reps).map(|_| b.idle_connections(server, 5000)).collect();
             writeln!(out, "| {} | {} |", server.name(), fmt(median(v), 0)).unwrap();
             out.flush().unwrap();
@@ -571,7 +588,7 @@ fn main() {
             "\n| (e) 10 MB messages, 4 concurrent | peak RSS MB | msgs/s | CPU µs/msg |\n|---|---|---|---|"
         )
         .unwrap();
-        for &server in &[Server::Sink, Server::Null, Server::Sqlite] {
+        for &server in servers.iter().filter(|s| **s != Server::Mysql) {
             let samples: Vec<Sample> = (0..reps).map(|_| b.large(server)).collect();
             let s = medians(&samples);
             writeln!(
