@@ -452,6 +452,72 @@ mod tests {
         handle.drained().await;
     }
 
+    fn job() -> Job {
+        Job::Message {
+            envelope: envelope(),
+            ack: None,
+        }
+    }
+
+    /// On a paused clock: waits are exact and the test is instant.
+    #[tokio::test(start_paused = true)]
+    async fn gather_waits_for_the_rest_of_a_wave_only() {
+        use tokio::time::Instant;
+        let (tx, mut rx) = mpsc::channel(16);
+        // A lone client: the previous batch was one message; no waiting.
+        let g = Gather {
+            last_batch: 1,
+            last_commit: Duration::from_secs(5),
+        };
+        let mut jobs = vec![job()];
+        let started = Instant::now();
+        g.more(&mut rx, &mut jobs, 16).await;
+        assert_eq!((jobs.len(), started.elapsed()), (1, Duration::ZERO));
+
+        // After a batch of three, the other two of the wave are awaited.
+        let g = Gather {
+            last_batch: 3,
+            last_commit: Duration::from_millis(500),
+        };
+        let tx2 = tx.clone();
+        // (tokio's timers tick in milliseconds.)
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            tx2.send(job()).await.unwrap();
+            tx2.send(job()).await.unwrap();
+        });
+        let mut jobs = vec![job()];
+        let started = Instant::now();
+        g.more(&mut rx, &mut jobs, 16).await;
+        assert_eq!(
+            (jobs.len(), started.elapsed()),
+            (3, Duration::from_millis(1))
+        );
+
+        // Never longer than the last commit took...
+        let g = Gather {
+            last_batch: 10,
+            last_commit: Duration::from_millis(1),
+        };
+        let mut jobs = vec![job()];
+        let started = Instant::now();
+        g.more(&mut rx, &mut jobs, 16).await;
+        assert_eq!(
+            (jobs.len(), started.elapsed()),
+            (1, Duration::from_millis(1))
+        );
+        // ...nor longer than GATHER_MAX.
+        let g = Gather {
+            last_batch: 10,
+            last_commit: Duration::from_secs(1),
+        };
+        let mut jobs = vec![job()];
+        let started = Instant::now();
+        g.more(&mut rx, &mut jobs, 16).await;
+        assert_eq!((jobs.len(), started.elapsed()), (1, GATHER_MAX));
+        drop(tx);
+    }
+
     #[tokio::test]
     async fn a_failed_commit_fails_every_message_in_it() {
         let store = Recorder {
