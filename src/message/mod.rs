@@ -105,27 +105,41 @@ impl Trace<'_> {
     ///         for <user@example.com>; Thu, 3 Dec 2026 17:15:33 +0000
     /// ```
     pub fn header(&self) -> Vec<u8> {
-        let literal = match self.client {
-            IpAddr::V4(a) => format!("[{a}]"),
+        let mut h = Vec::with_capacity(256);
+        self.write_header(&mut h);
+        h
+    }
+
+    /// Appends the header to `out`, formatting in place (no intermediate
+    /// strings: this runs once per message).
+    pub fn write_header(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, "Received: from {} (", self.helo);
+        let _ = match self.client {
+            IpAddr::V4(a) => write!(out, "[{a}]"),
             IpAddr::V6(a) => match a.to_ipv4_mapped() {
-                Some(v4) => format!("[{v4}]"),
-                None => format!("[IPv6:{a}]"),
+                Some(v4) => write!(out, "[{v4}]"),
+                None => write!(out, "[IPv6:{a}]"),
             },
         };
-        let date = time::Utc::from_system(self.at).rfc5322();
-        let tls = match self.tls {
-            Some(t) => format!("\r\n\t(using {} with cipher {})", t.version, t.cipher),
-            None => String::new(),
-        };
-        let mut h = format!(
-            "Received: from {} ({}){}\r\n\tby {} (gsmtpd) with {} id {}",
-            self.helo, literal, tls, self.by, self.protocol, self.id
+        out.push(b')');
+        if let Some(t) = self.tls {
+            let _ = write!(out, "\r\n\t(using {} with cipher {})", t.version, t.cipher);
+        }
+        let _ = write!(
+            out,
+            "\r\n\tby {} (gsmtpd) with {} id {}",
+            self.by, self.protocol, self.id
         );
         match self.single_recipient {
-            Some(r) => h.push_str(&format!("\r\n\tfor <{r}>; {date}\r\n")),
-            None => h.push_str(&format!(";\r\n\t{date}\r\n")),
+            Some(r) => {
+                let _ = write!(out, "\r\n\tfor <{r}>; ");
+            }
+            None => out.extend_from_slice(b";\r\n\t"),
         }
-        h.into_bytes()
+        time::Utc::from_system(self.at).write_rfc5322(out);
+        out.extend_from_slice(b"\r\n");
     }
 }
 

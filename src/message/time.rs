@@ -45,7 +45,17 @@ impl Utc {
 
     /// `Thu, 3 Dec 2026 17:15:33 +0000` (RFC 5322 §3.3).
     pub fn rfc5322(&self) -> String {
-        format!(
+        let mut out = Vec::with_capacity(32);
+        self.write_rfc5322(&mut out);
+        String::from_utf8(out).expect("ASCII")
+    }
+
+    /// Appends the RFC 5322 form to `out`.
+    pub fn write_rfc5322(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        // Writing to a Vec cannot fail.
+        let _ = write!(
+            out,
             "{}, {} {} {} {:02}:{:02}:{:02} +0000",
             DAYS[self.days.rem_euclid(7) as usize],
             self.day,
@@ -54,7 +64,7 @@ impl Utc {
             self.hour,
             self.minute,
             self.second
-        )
+        );
     }
 
     /// `2026-12-03T17:15:33.123Z` (RFC 3339; sorts as text).

@@ -38,14 +38,27 @@ pub struct MessageBuf {
 
 impl MessageBuf {
     /// Starts a message with `prefix` (our Received header) already in it,
-    /// reserving room for `expected` octets of content.
+    /// reserving room for `expected` octets of content (4 KiB at least, so
+    /// a small message never reallocates).
     pub fn new(prefix: &[u8], limit: u64, expected: u64) -> Self {
-        let reserve = expected.min(limit).min(1 << 20) as usize;
-        let mut buf = Vec::with_capacity(prefix.len() + reserve.max(1024));
+        let mut buf = Vec::new();
+        Self::start(&mut buf, limit, expected);
         buf.extend_from_slice(prefix);
+        Self::with_prefix(buf, prefix.len(), limit)
+    }
+
+    /// Reserves room in a fresh `buf` for a message of `expected` octets.
+    pub fn start(buf: &mut Vec<u8>, limit: u64, expected: u64) {
+        let reserve = expected.min(limit).min(1 << 20) as usize;
+        buf.reserve(256 + reserve.max(4096));
+    }
+
+    /// A message whose buffer already holds a `prefix_len`-octet header.
+    pub fn with_prefix(buf: Vec<u8>, prefix_len: usize, limit: u64) -> Self {
+        let prefix = prefix_len;
         Self {
             buf,
-            prefix: prefix.len(),
+            prefix,
             content: 0,
             limit,
             overflow: false,

@@ -179,6 +179,14 @@ pub fn queued(id: &str) -> Reply {
     Reply::owned(250, format!("2.0.0 Ok: queued as {id}"))
 }
 
+/// Appends [`queued`] to `out` without building a `Reply` (once per message).
+pub fn write_queued(id: &str, out: &mut Vec<u8>) {
+    tracing::debug!(target: "gsmtpd::dialogue", "> 250 2.0.0 Ok: queued as {id}");
+    out.extend_from_slice(b"250 2.0.0 Ok: queued as ");
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
 /// `250` for a non-final BDAT chunk.
 pub fn chunk_ok(octets: u64) -> Reply {
     Reply::owned(250, format!("2.0.0 Ok: {octets} octets received"))
@@ -224,7 +232,11 @@ mod tests {
         let mut out = Vec::new();
         OK.write_to(&mut out);
         queued("ABC").write_to(&mut out);
-        assert_eq!(out, b"250 2.0.0 Ok\r\n250 2.0.0 Ok: queued as ABC\r\n");
+        write_queued("ABC", &mut out);
+        assert_eq!(
+            out,
+            b"250 2.0.0 Ok\r\n250 2.0.0 Ok: queued as ABC\r\n250 2.0.0 Ok: queued as ABC\r\n"
+        );
     }
 
     #[test]

@@ -471,7 +471,7 @@ impl Session {
         match outcome {
             DeliveryOutcome::Stored => {
                 self.accepted += 1;
-                self.reply(&reply::queued(id.as_str()));
+                reply::write_queued(id.as_str(), &mut self.out);
             }
             DeliveryOutcome::Failed => self.reply(&reply::STORE_FAILED),
         }
@@ -856,7 +856,7 @@ impl Session {
         let tx = self.tx.as_mut().expect("checked by ready_for_content");
         let at = SystemTime::now();
         let id = MessageId::generate(at);
-        let header = Trace {
+        let trace = Trace {
             helo,
             client: self.peer.client.ip(),
             tls: self.peer.tls,
@@ -868,13 +868,17 @@ impl Session {
                 _ => None,
             },
             at,
-        }
-        .header();
-        let expected = tx.params.size.unwrap_or(0);
+        };
+        // The header goes straight into the message's own buffer.
+        let limit = self.cfg.max_message_size;
+        let mut buf = Vec::new();
+        MessageBuf::start(&mut buf, limit, tx.params.size.unwrap_or(0));
+        trace.write_header(&mut buf);
+        let header_len = buf.len();
         tx.message = Some(Started {
             id,
             at,
-            buf: MessageBuf::new(&header, self.cfg.max_message_size, expected),
+            buf: MessageBuf::with_prefix(buf, header_len, limit),
         });
     }
 
