@@ -64,7 +64,7 @@ fn session_one_message(bencher: Bencher) {
         tls: None,
     };
     bencher.bench(|| {
-        let mut s = Session::new(Arc::clone(&cfg), peer);
+        let mut s = Session::new(Arc::clone(&cfg), peer.clone());
         let mut input = BytesMut::from(&wire[..]);
         loop {
             match s.advance(&mut input) {

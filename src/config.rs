@@ -44,9 +44,10 @@ pub struct Config {
     /// Largest message content accepted, in octets.
     #[serde(default = "default_max_message_size")]
     pub max_message_size: u64,
-    /// Memory budget for large messages: a message past 1 MiB reserves
-    /// `max_message_size` from it before it is buffered further, and keeps
-    /// the reservation until it is stored; when the budget is taken, the
+    /// Memory budget for large messages: a message past 1 MiB reserves twice
+    /// `max_message_size` from it (its buffer, and the body the pipeline
+    /// parses out of it) before it is buffered further, and keeps the
+    /// reservation until it is stored; when the budget is taken, the
     /// connection waits (and stops reading) until another is stored.
     #[serde(default = "default_max_inflight_bytes")]
     pub max_inflight_bytes: u64,
@@ -664,9 +665,9 @@ impl Config {
             .chain([self.max_message_size])
             .max()
             .unwrap_or(self.max_message_size);
-        if self.max_inflight_bytes < largest {
+        if self.max_inflight_bytes < largest.saturating_mul(2) {
             return bad(format!(
-                "max_inflight_bytes = {} must hold at least one message of max_message_size ({largest})",
+                "max_inflight_bytes = {} must hold one large message: twice max_message_size ({largest})",
                 self.max_inflight_bytes
             ));
         }
@@ -821,6 +822,7 @@ impl Config {
             check_recipients: self.recipient_check.is_some(),
             starttls: l.tls == TlsMode::Starttls,
             require_tls: l.require_tls,
+            mail_rate: None,
         }
     }
 
@@ -1030,7 +1032,7 @@ mod tests {
             "[store]\nkind = \"sqlite\"\nmax_batch = 0",
             "[store]\nkind = \"mysql\"",
             "max_message_size = -1",
-            "max_message_size = 2000\nmax_inflight_bytes = 1000",
+            "max_message_size = 2000\nmax_inflight_bytes = 3000",
         ] {
             assert!(Config::from_toml(toml).is_err(), "{toml}");
         }

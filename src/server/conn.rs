@@ -141,7 +141,9 @@ pub async fn drive<S: Io>(
                         // Reserve all a message can grow to, at once: a
                         // holder never waits for more, so the budget cannot
                         // deadlock. Until then this connection stops reading.
-                        let units = kib(limits.session.max_message_size);
+                        // Twice the size: the buffer, and the parsed body
+                        // the pipeline will extract from it.
+                        let units = kib(limits.session.max_message_size.saturating_mul(2));
                         let wait = Arc::clone(&services.inflight).acquire_many_owned(units);
                         match tokio::time::timeout(limits.data_timeout, wait).await {
                             Ok(permit) => reservation = permit.ok(),

@@ -98,8 +98,9 @@ struct Runtime {
 
 impl Runtime {
     /// Builds the runtime of `config`, loading every certificate, so a bad
-    /// one is found before anything is swapped in.
-    fn build(config: Config) -> Result<Self, ServerError> {
+    /// one is found before anything is swapped in. `rate` is the MAIL-rate
+    /// limiter every session shares (its state outlives reloads).
+    fn build(config: Config, rate: &Arc<MailRateLimiter>) -> Result<Self, ServerError> {
         let mut listeners = HashMap::new();
         for l in &config.listener {
             let tls = match (l.tls, &l.tls_cert, &l.tls_key) {
@@ -116,7 +117,15 @@ impl Runtime {
                 l.addr,
                 Arc::new(ListenerRuntime {
                     cfg: l.clone(),
-                    limits: config.conn_limits_for(l),
+                    limits: {
+                        let mut limits = config.conn_limits_for(l);
+                        if config.max_messages_per_minute_per_ip > 0 {
+                            Arc::get_mut(&mut limits.session)
+                                .expect("just built")
+                                .mail_rate = Some(Arc::clone(rate) as Arc<dyn MailRate>);
+                        }
+                        limits
+                    },
                     tls,
                     label: l.addr.to_string(),
                 }),
@@ -172,6 +181,13 @@ impl Drop for ClientSlot {
 pub struct MailRateLimiter {
     per_minute: AtomicU32,
     windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl MailRateLimiter {
+    /// MAIL commands per minute per client; 0 for no limit.
+    fn set_limit(&self, per_minute: u32) {
+        self.per_minute.store(per_minute, Ordering::Relaxed);
+    }
 }
 
 /// Past this many tracked clients, windows that ended are dropped.
@@ -251,7 +267,9 @@ impl Server {
             config.listener.len(),
             "one bound listener per [[listener]]"
         );
-        let runtime = Runtime::build(config)?;
+        let rate = Arc::new(MailRateLimiter::default());
+        let runtime = Runtime::build(config, &rate)?;
+        rate.set_limit(runtime.config.max_messages_per_minute_per_ip);
         let (stores, writers) = backends.stores.split();
         let stores = Arc::new(stores);
         let admin = match &runtime.config.admin {
@@ -268,7 +286,6 @@ impl Server {
             }
             None => None,
         };
-        let rate = MailRateLimiter::default();
         rate.per_minute.store(
             runtime.config.max_messages_per_minute_per_ip,
             Ordering::Relaxed,
@@ -283,7 +300,7 @@ impl Server {
             stores,
             check: backends.check.map(Arc::new),
             clients: Arc::default(),
-            rate: Arc::new(rate),
+            rate,
             stop: Stop::default(),
             tracker: TaskTracker::new(),
         });
@@ -351,7 +368,7 @@ impl Server {
     /// changes.
     pub async fn reload(&self, config: Config) -> Result<(), ServerError> {
         let old = self.shared.runtime.load_full();
-        let new = Runtime::build(config)?;
+        let new = Runtime::build(config, &self.shared.rate)?;
         // Bind new listeners first: if one fails, nothing has changed.
         let mut added = Vec::new();
         for l in &new.config.listener {
@@ -376,8 +393,7 @@ impl Server {
         self.resize_permits(new.config.max_clients);
         self.shared
             .rate
-            .per_minute
-            .store(new.config.max_messages_per_minute_per_ip, Ordering::Relaxed);
+            .set_limit(new.config.max_messages_per_minute_per_ip);
         let keep: Vec<SocketAddr> = new.config.listener.iter().map(|l| l.addr).collect();
         self.shared.runtime.store(Arc::new(new));
         for (key, listener) in added {
@@ -624,22 +640,22 @@ async fn connection(
         inflight: Arc::clone(&shared.inflight),
     };
     let limits = &listener.limits;
-    let handshake_timeout = Duration::from_secs(runtime.config.tls_handshake_timeout_secs);
-    let new_session = |tls| {
-        let mut s = Session::new(Arc::clone(&limits.session), Peer { client, tls });
-        if runtime.config.max_messages_per_minute_per_ip > 0 {
-            s.set_mail_rate(Arc::clone(&shared.rate) as Arc<dyn MailRate>);
-        }
-        s
-    };
+    let handshake_timeout = || Duration::from_secs(runtime.config.tls_handshake_timeout_secs);
     let (session, reason) = match (&listener.tls, listener.cfg.tls) {
         (Some(acceptor), TlsMode::Implicit) => {
             let Some((mut tls, info)) =
-                handshake(acceptor, stream, handshake_timeout, client).await
+                handshake(acceptor, stream, handshake_timeout(), client).await
             else {
                 return;
             };
-            let mut session = new_session(Some(info));
+            let tls_info = Some(Box::new(info));
+            let mut session = Session::new(
+                Arc::clone(&limits.session),
+                Peer {
+                    client,
+                    tls: tls_info,
+                },
+            );
             let reason = Box::pin(conn::drive(
                 &mut *tls,
                 &mut session,
@@ -652,7 +668,8 @@ async fn connection(
             (session, reason)
         }
         (tls, _) => {
-            let mut session = new_session(None);
+            let peer = Peer { client, tls: None };
+            let mut session = Session::new(Arc::clone(&limits.session), peer);
             let mut reason = conn::drive(
                 &mut stream,
                 &mut session,
@@ -666,7 +683,7 @@ async fn connection(
                 // The plaintext buffered with STARTTLS died with the first
                 // drive; the session continues over TLS, without a greeting.
                 let Some((mut tls, info)) =
-                    handshake(acceptor, stream, handshake_timeout, client).await
+                    handshake(acceptor, stream, handshake_timeout(), client).await
                 else {
                     return;
                 };

@@ -49,6 +49,9 @@ pub struct SessionConfig {
     pub starttls: bool,
     /// Refuse MAIL until the session is encrypted (`530 5.7.0`).
     pub require_tls: bool,
+    /// The per-client MAIL rate (`451 4.7.1` beyond it); shared by every
+    /// session, so it lives here rather than in each.
+    pub mail_rate: Option<Arc<dyn MailRate>>,
 }
 
 impl Default for SessionConfig {
@@ -64,6 +67,7 @@ impl Default for SessionConfig {
             check_recipients: false,
             starttls: false,
             require_tls: false,
+            mail_rate: None,
         }
     }
 }
@@ -127,12 +131,13 @@ pub trait MailRate: Send + Sync + std::fmt::Debug {
 }
 
 /// What the connection knows about its peer.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Peer {
     /// The client address (after a PROXY header, when there is one).
     pub client: SocketAddr,
-    /// Set once the session runs over TLS.
-    pub tls: Option<TlsInfo>,
+    /// Set once the session runs over TLS. Boxed: every plaintext session
+    /// would otherwise carry its space.
+    pub tls: Option<Box<TlsInfo>>,
 }
 
 /// The negotiated TLS parameters, for the Received header and the stores.
@@ -184,6 +189,29 @@ pub enum RecipientVerdict {
     LookupFailed,
 }
 
+/// Why content cannot be taken now: a fixed reply, a byte instead of a
+/// `Reply` so every session's phase stays small.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    NeedHelo,
+    NeedMail,
+    NeedRcpt,
+    BdatSyntax,
+    TooBig,
+}
+
+impl Refusal {
+    fn reply(self) -> Reply {
+        match self {
+            Refusal::NeedHelo => reply::NEED_HELO,
+            Refusal::NeedMail => reply::NEED_MAIL,
+            Refusal::NeedRcpt => reply::NEED_RCPT,
+            Refusal::BdatSyntax => reply::SYNTAX_BDAT,
+            Refusal::TooBig => reply::MESSAGE_TOO_BIG,
+        }
+    }
+}
+
 /// Where the session is in the input.
 #[derive(Debug)]
 enum Phase {
@@ -199,7 +227,7 @@ enum Phase {
         size: u64,
         last: bool,
         /// `Some`: the chunk is read and dropped, then this is the reply.
-        discard: Option<Reply>,
+        discard: Option<Refusal>,
     },
     /// A message was handed out; waiting for `delivered`.
     Delivering(MessageId),
@@ -230,7 +258,7 @@ struct Transaction {
     chunking: bool,
     /// A BDAT chunk failed with this reply: the rest of the chunks already
     /// in the pipeline are read, dropped and answered the same (RFC 3030 §2).
-    failed: Option<Reply>,
+    failed: Option<Refusal>,
 }
 
 /// Per-verb command counts for the disconnect log line.
@@ -290,7 +318,6 @@ pub struct Session {
     errors: u32,
     counts: Counts,
     accepted: u32,
-    rate: Option<Arc<dyn MailRate>>,
 }
 
 impl Session {
@@ -306,13 +333,7 @@ impl Session {
             errors: 0,
             counts: Counts::default(),
             accepted: 0,
-            rate: None,
         }
-    }
-
-    /// Limits MAIL commands with `rate` (`451 4.7.1` beyond it).
-    pub fn set_mail_rate(&mut self, rate: Arc<dyn MailRate>) {
-        self.rate = Some(rate);
     }
 
     /// Queues the `220` greeting.
@@ -480,7 +501,7 @@ impl Session {
     /// The TLS handshake after `StartTls` succeeded: the session starts
     /// over (RFC 3207 §4.2: forget the EHLO and everything after it).
     pub fn tls_started(&mut self, info: TlsInfo) {
-        self.peer.tls = Some(info);
+        self.peer.tls = Some(Box::new(info));
         self.helo = None;
         self.tx = None;
         self.phase = Phase::Command;
@@ -659,7 +680,7 @@ impl Session {
         if self.cfg.require_tls && self.peer.tls.is_none() {
             return Err(reply::NEED_TLS);
         }
-        if let Some(rate) = &self.rate
+        if let Some(rate) = &self.cfg.mail_rate
             && !rate.allow(self.peer.client.ip())
         {
             return Err(reply::RATE_LIMITED);
@@ -728,21 +749,21 @@ impl Session {
     }
 
     /// Checks that a message may start now; the shared part of DATA and BDAT.
-    fn ready_for_content(&self) -> Result<(), Reply> {
+    fn ready_for_content(&self) -> Result<(), Refusal> {
         if self.helo.is_none() {
-            return Err(reply::NEED_HELO);
+            return Err(Refusal::NeedHelo);
         }
         let Some(tx) = &self.tx else {
-            return Err(reply::NEED_MAIL);
+            return Err(Refusal::NeedMail);
         };
         if tx.recipients.is_empty() {
-            return Err(reply::NEED_RCPT);
+            return Err(Refusal::NeedRcpt);
         }
         Ok(())
     }
 
     fn data(&mut self) -> Result<(), Reply> {
-        self.ready_for_content()?;
+        self.ready_for_content().map_err(Refusal::reply)?;
         let tx = self.tx.as_ref().expect("checked above");
         if tx.chunking {
             return Err(reply::DATA_AFTER_BDAT);
@@ -764,7 +785,7 @@ impl Session {
                 Some(r)
             }
             // A transfer that already failed: not counted a second time.
-            (Ok(()), Some(tx)) if tx.failed.is_some() => tx.failed.clone(),
+            (Ok(()), Some(tx)) if tx.failed.is_some() => tx.failed,
             (Ok(()), _) => None,
         };
         self.counts.record(Verb::Bdat, discard.is_none());
@@ -788,7 +809,7 @@ impl Session {
     /// progress has failed.
     fn bad_bdat(&mut self, size: u64) {
         if let Some(tx) = self.tx.as_mut().filter(|t| t.chunking) {
-            tx.failed = Some(reply::SYNTAX_BDAT);
+            tx.failed = Some(Refusal::BdatSyntax);
         }
         self.errors += 1;
         self.counts.record(Verb::Bdat, false);
@@ -796,17 +817,17 @@ impl Session {
             remaining: size,
             size,
             last: false,
-            discard: Some(reply::SYNTAX_BDAT),
+            discard: Some(Refusal::BdatSyntax),
         };
     }
 
-    fn end_of_chunk(&mut self, size: u64, last: bool, discard: Option<Reply>) -> Option<Event> {
+    fn end_of_chunk(&mut self, size: u64, last: bool, discard: Option<Refusal>) -> Option<Event> {
         if let Some(r) = discard {
             if last {
                 // The failed transfer is over.
                 self.tx.take_if(|t| t.failed.is_some());
             }
-            self.reply(&r);
+            self.reply(&r.reply());
             return self.check_errors();
         }
         let tx = self
@@ -818,7 +839,7 @@ impl Session {
             // The message can no longer succeed; the chunks already in the
             // pipeline get the same answer.
             tx.message = None;
-            tx.failed = Some(reply::MESSAGE_TOO_BIG);
+            tx.failed = Some(Refusal::TooBig);
             if last {
                 self.tx = None;
             }
@@ -859,7 +880,7 @@ impl Session {
         let trace = Trace {
             helo,
             client: self.peer.client.ip(),
-            tls: self.peer.tls,
+            tls: self.peer.tls.as_deref().copied(),
             by: &self.cfg.hostname,
             protocol: message::protocol_name(*esmtp, self.peer.tls.is_some(), tx.params.smtputf8),
             id: &id,

@@ -139,7 +139,7 @@ async fn unwritable_database_answers_451_and_stores_nothing() {
 async fn large_messages_wait_for_the_memory_budget() {
     let server = Server::start_with(|c| {
         c.max_message_size = 3 << 20;
-        c.max_inflight_bytes = 3 << 20;
+        c.max_inflight_bytes = 6 << 20;
     })
     .await;
     let body = |tag: &str| {
