@@ -37,6 +37,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    pin_mmap_threshold();
     let cli = Cli::parse();
     let config = match load(&cli) {
         Ok(c) => c,
@@ -75,6 +76,19 @@ fn main() -> ExitCode {
             eprintln!("gsmtpd: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Large message buffers (hundreds of KB to tens of MB) must go back to the
+/// system when freed. glibc raises its mmap threshold each time it frees a
+/// mapped block, after which such buffers come from per-thread heaps that
+/// keep freed memory: measured with 10 MB messages, that alone held ~30 MB.
+/// A fixed threshold keeps every block over 256 KiB a mapping of its own.
+fn pin_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt is called once, before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
 }
 

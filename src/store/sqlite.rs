@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior, params};
+use rusqlite::{Connection, ErrorCode, MAIN_DB, OpenFlags, TransactionBehavior, params};
 
 use super::{BlockingStore, StoreError};
 use crate::config::{SqliteConfig, Synchronous};
@@ -206,6 +206,27 @@ fn classify(e: rusqlite::Error) -> StoreError {
     }
 }
 
+/// Messages larger than this are written into the database a piece at a
+/// time rather than bound whole (see `write_batch`).
+const STREAM_ABOVE: usize = 1 << 20;
+
+/// `raw` as a bound value, or the zero-filled space it is streamed into.
+enum Value<'a> {
+    Blob(&'a [u8]),
+    ZeroBlob(u64),
+}
+
+impl rusqlite::ToSql for Value<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(match self {
+            Value::Blob(b) => {
+                rusqlite::types::ToSqlOutput::Borrowed(rusqlite::types::ValueRef::Blob(b))
+            }
+            Value::ZeroBlob(n) => rusqlite::types::ToSqlOutput::ZeroBlob(*n),
+        })
+    }
+}
+
 /// Writes a batch in one transaction; a failure rolls all of it back.
 fn write_batch(conn: &mut Connection, batch: &[Arc<Envelope>]) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -228,6 +249,15 @@ fn write_batch(conn: &mut Connection, batch: &[Arc<Envelope>]) -> rusqlite::Resu
         for e in batch {
             let id = e.id.as_str();
             let p = e.parsed.as_ref().unwrap_or(&unparsed);
+            // A large message is streamed into a zero-filled blob after the
+            // insert: bound as a value, SQLite would copy it, then copy it
+            // again into the record it builds, doubling its memory.
+            let streamed = e.raw.len() > STREAM_ABOVE;
+            let raw = if streamed {
+                Value::ZeroBlob(e.raw.len() as u64)
+            } else {
+                Value::Blob(&e.raw[..])
+            };
             message.execute(params![
                 id,
                 Utc::from_system(e.received_at).rfc3339(),
@@ -238,7 +268,7 @@ fn write_batch(conn: &mut Connection, batch: &[Arc<Envelope>]) -> rusqlite::Resu
                 e.tls,
                 crate::message::protocol_name(e.esmtp, e.tls, e.smtputf8),
                 e.body.as_str(),
-                &e.raw[..],
+                raw,
                 p.subject,
                 p.from,
                 p.to,
@@ -249,6 +279,11 @@ fn write_batch(conn: &mut Connection, batch: &[Arc<Envelope>]) -> rusqlite::Resu
                 p.content_type,
                 p.has_attach,
             ])?;
+            if streamed {
+                let rowid = tx.last_insert_rowid();
+                let mut blob = tx.blob_open(MAIN_DB, c"messages", c"raw", rowid, false)?;
+                blob.write_all_at(&e.raw, 0)?;
+            }
             for (i, r) in e.recipients.iter().enumerate() {
                 let hash = e.hashes.get(i).map(String::as_str).unwrap_or_default();
                 recipient.execute(params![id, i as i64, r, hash])?;
@@ -327,6 +362,34 @@ mod tests {
         assert_eq!(mode, "wal");
         let page: u32 = db.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
         assert_eq!(page, PAGE_SIZE);
+    }
+
+    #[test]
+    fn a_large_message_is_streamed_in_byte_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SqliteConfig {
+            path: dir.path().join("big.db"),
+            ..SqliteConfig::default()
+        };
+        let mut store = SqliteStore::open(&cfg).unwrap();
+        let raw: Vec<u8> = (0..(STREAM_ABOVE + 12_345))
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let small = envelope(&["a@example.com"]);
+        let big = Arc::new(Envelope {
+            raw: raw.clone().into(),
+            ..(*envelope(&["b@example.com"])).clone()
+        });
+        store.commit(&[small.clone(), big.clone()]).unwrap();
+        let db = open_read_only(&cfg.path).unwrap();
+        let read = |id: &str| -> (Vec<u8>, i64) {
+            db.query_row("SELECT raw, size FROM messages WHERE id = ?1", [id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap()
+        };
+        assert_eq!(read(big.id.as_str()), (raw.clone(), raw.len() as i64));
+        assert_eq!(read(small.id.as_str()).0, &small.raw[..]);
     }
 
     /// The schema issue 2 shipped, as a database in the field has it.
