@@ -7,7 +7,7 @@
 //! store slows the connections that feed it; nothing is ever dropped.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -174,16 +174,14 @@ pub fn spawn_thread<S: BlockingStore>(
     let (tx, mut rx) = mpsc::channel(queue_size);
     let name = store.name();
     let (done, end) = oneshot::channel();
-    let runtime = tokio::runtime::Handle::current();
     std::thread::Builder::new()
         .name(format!("gsmtpd-{name}"))
         .spawn(move || {
             let mut jobs = Vec::with_capacity(max_batch);
             let mut batch = Batch::with_capacity(max_batch);
-            let mut gather = Gather::default();
             while let Some(first) = rx.blocking_recv() {
                 jobs.push(first);
-                runtime.block_on(gather.more(&mut rx, &mut jobs, max_batch));
+                drain(&mut rx, &mut jobs, max_batch);
                 crate::metrics::store_queue_depth(name, rx.len());
                 batch.take(&mut jobs);
                 for ack in batch.pings.drain(..) {
@@ -192,7 +190,6 @@ pub fn spawn_thread<S: BlockingStore>(
                 if !batch.messages.is_empty() {
                     let started = Instant::now();
                     let result = store.commit(&batch.messages);
-                    gather.committed(batch.messages.len(), started.elapsed());
                     batch.finish(name, started, result);
                 }
             }
@@ -200,52 +197,6 @@ pub fn spawn_thread<S: BlockingStore>(
         })?;
     let end = WriterEnd::Thread(end);
     Ok((Delivery { tx, store: name }, WriterHandle { end }))
-}
-
-/// Gathers a batch: everything queued, and — when the previous commit
-/// acknowledged more messages than are queued now — a short wait for the
-/// rest. The connections it acknowledged answer within a round trip or
-/// two; committing the first of them alone would split one wave of
-/// messages into a commit of one and a commit of the rest, paying every
-/// per-commit cost (WAL frames of the same hot pages, an fsync) twice.
-/// A lone client never waits: its previous batch was itself.
-#[derive(Debug, Default)]
-struct Gather {
-    /// Messages in the previous commit.
-    last_batch: usize,
-    /// How long the previous commit took.
-    last_commit: Duration,
-}
-
-/// The longest a batch waits for the rest of its wave.
-const GATHER_MAX: Duration = Duration::from_millis(2);
-
-impl Gather {
-    /// Adds what is queued to `jobs`, waiting a little for more when more
-    /// are expected.
-    async fn more(&self, rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>, max_batch: usize) {
-        drain(rx, jobs, max_batch);
-        let expect = self.last_batch.min(max_batch);
-        if jobs.len() >= expect {
-            return;
-        }
-        // Waiting longer than a commit takes would cost more than it saves.
-        let deadline = tokio::time::Instant::now() + self.last_commit.min(GATHER_MAX);
-        while jobs.len() < expect {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(job)) => {
-                    jobs.push(job);
-                    drain(rx, jobs, max_batch);
-                }
-                Ok(None) | Err(_) => return,
-            }
-        }
-    }
-
-    fn committed(&mut self, messages: usize, took: Duration) {
-        self.last_batch = messages;
-        self.last_commit = took;
-    }
 }
 
 /// Moves what is queued into `jobs`, up to `max` in all.
@@ -450,72 +401,6 @@ mod tests {
         gate.notify_one();
         pending.await.unwrap().unwrap();
         handle.drained().await;
-    }
-
-    fn job() -> Job {
-        Job::Message {
-            envelope: envelope(),
-            ack: None,
-        }
-    }
-
-    /// On a paused clock: waits are exact and the test is instant.
-    #[tokio::test(start_paused = true)]
-    async fn gather_waits_for_the_rest_of_a_wave_only() {
-        use tokio::time::Instant;
-        let (tx, mut rx) = mpsc::channel(16);
-        // A lone client: the previous batch was one message; no waiting.
-        let g = Gather {
-            last_batch: 1,
-            last_commit: Duration::from_secs(5),
-        };
-        let mut jobs = vec![job()];
-        let started = Instant::now();
-        g.more(&mut rx, &mut jobs, 16).await;
-        assert_eq!((jobs.len(), started.elapsed()), (1, Duration::ZERO));
-
-        // After a batch of three, the other two of the wave are awaited.
-        let g = Gather {
-            last_batch: 3,
-            last_commit: Duration::from_millis(500),
-        };
-        let tx2 = tx.clone();
-        // (tokio's timers tick in milliseconds.)
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-            tx2.send(job()).await.unwrap();
-            tx2.send(job()).await.unwrap();
-        });
-        let mut jobs = vec![job()];
-        let started = Instant::now();
-        g.more(&mut rx, &mut jobs, 16).await;
-        assert_eq!(
-            (jobs.len(), started.elapsed()),
-            (3, Duration::from_millis(1))
-        );
-
-        // Never longer than the last commit took...
-        let g = Gather {
-            last_batch: 10,
-            last_commit: Duration::from_millis(1),
-        };
-        let mut jobs = vec![job()];
-        let started = Instant::now();
-        g.more(&mut rx, &mut jobs, 16).await;
-        assert_eq!(
-            (jobs.len(), started.elapsed()),
-            (1, Duration::from_millis(1))
-        );
-        // ...nor longer than GATHER_MAX.
-        let g = Gather {
-            last_batch: 10,
-            last_commit: Duration::from_secs(1),
-        };
-        let mut jobs = vec![job()];
-        let started = Instant::now();
-        g.more(&mut rx, &mut jobs, 16).await;
-        assert_eq!((jobs.len(), started.elapsed()), (1, GATHER_MAX));
-        drop(tx);
     }
 
     #[tokio::test]
