@@ -102,14 +102,87 @@ CREATE INDEX recipients_address ON recipients(address);
 /// its own ([`BlockingStore`]).
 pub struct SqliteStore {
     conn: Connection,
+    _checkpointer: Checkpointer,
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database and its schema.
+    /// Opens (creating if needed) the database and its schema, and starts
+    /// its checkpointer.
     pub fn open(cfg: &SqliteConfig) -> Result<Self, StoreError> {
+        let conn = open_connection(cfg)?;
+        // Checkpoints run on their own thread; the writer checkpoints only
+        // if that one falls far behind.
+        conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
+            .map_err(classify)?;
+        let checkpointer = Checkpointer::start(open_connection(cfg)?)?;
         Ok(Self {
-            conn: open_connection(cfg)?,
+            conn,
+            _checkpointer: checkpointer,
         })
+    }
+}
+
+/// How often the checkpointer copies the WAL into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+/// The WAL size (in pages) at which the writer checkpoints by itself: a
+/// safety net for a checkpointer that cannot keep up (64 MiB of 4 KiB pages).
+const WRITER_CHECKPOINT_PAGES: u32 = 16_384;
+
+/// Copies the WAL into the database file from a connection and a thread of
+/// its own. Measured at 200 clients, the checkpoints SQLite otherwise runs
+/// inside a commit took a quarter of the writer's time, during which no
+/// message could be committed. A PASSIVE checkpoint never blocks the
+/// writer; with `synchronous=FULL` it fsyncs the database before the WAL
+/// may be reused, so durability is unchanged.
+struct Checkpointer {
+    stop: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(conn: Connection) -> Result<Self, StoreError> {
+        let stop = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let stop2 = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("gsmtpd-sqlite-ckpt".into())
+            .spawn(move || {
+                let (lock, wake) = &*stop2;
+                loop {
+                    let stopped = {
+                        let guard = lock.lock().expect("checkpointer lock");
+                        let (guard, _) = wake
+                            .wait_timeout_while(guard, CHECKPOINT_EVERY, |stop| !*stop)
+                            .expect("checkpointer lock");
+                        *guard
+                    };
+                    let r = conn
+                        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0));
+                    if let Err(e) = r {
+                        tracing::warn!(store = NAME, error = %e, "checkpoint failed");
+                    }
+                    if stopped {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| {
+                StoreError::permanent(NAME, format!("cannot start the checkpointer: {e}"))
+            })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        let (lock, wake) = &*self.stop;
+        *lock.lock().expect("checkpointer lock") = true;
+        wake.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
