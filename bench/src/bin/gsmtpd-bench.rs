@@ -39,11 +39,11 @@ struct Cli {
     /// MySQL URL for the batched MySQL runs; empty to skip them.
     #[arg(long, default_value = "mysql://root@127.0.0.1:3306/test")]
     mysql_url: String,
-    /// Scenarios to run (a, b, c, d, e).
-    #[arg(long, default_value = "a,b,c,d,e", value_delimiter = ',')]
+    /// Scenarios to run (a, b, c, d, e, t).
+    #[arg(long, default_value = "a,b,c,d,e,t", value_delimiter = ',')]
     only: Vec<String>,
-    /// Servers to run: sink, null, sqlite, mysql.
-    #[arg(long, default_value = "sink,null,sqlite,mysql", value_delimiter = ',')]
+    /// Servers to run: sink, null, sqlite, sqlite-raw, mysql.
+    #[arg(long, default_value = "sink,null,sqlite,sqlite-raw,mysql", value_delimiter = ',')]
     servers: Vec<String>,
     /// Generators to run: source (smtp-source), pipelined (smtp-load).
     #[arg(long, default_value = "source,pipelined", value_delimiter = ',')]
@@ -62,6 +62,9 @@ enum Server {
     Sink,
     Null,
     Sqlite,
+    /// SQLite with `pipeline = ["received"]`: storage without MIME parsing
+    /// and hashing, to show what those cost.
+    SqliteRaw,
     Mysql,
 }
 
@@ -71,6 +74,7 @@ impl Server {
             Server::Sink => "smtp-sink",
             Server::Null => "gsmtpd null",
             Server::Sqlite => "gsmtpd sqlite FULL",
+            Server::SqliteRaw => "gsmtpd sqlite FULL, no parse",
             Server::Mysql => "gsmtpd mysql",
         }
     }
@@ -190,12 +194,17 @@ impl Bench {
         std::fs::create_dir_all(&dir).unwrap();
         let store = match server {
             Server::Null => "kind = \"null\"\n".to_owned(),
-            Server::Sqlite => format!(
+            Server::Sqlite | Server::SqliteRaw => format!(
                 "kind = \"sqlite\"\npath = \"{}\"\nsynchronous = \"full\"\n",
                 dir.join("gsmtpd.db").display()
             ),
             Server::Mysql => format!("kind = \"mysql\"\nurl = \"{}\"\n", self.mysql_scratch_url()),
             Server::Sink => unreachable!(),
+        };
+        let pipeline = if server == Server::SqliteRaw {
+            "pipeline = [\"received\"]\n"
+        } else {
+            ""
         };
         let sizes = if large {
             // The in-flight limit scenario (e) is measured against.
@@ -205,7 +214,7 @@ impl Bench {
         };
         let text = format!(
             "hostname = \"bench.test\"\nallowed_hosts = [\"*\"]\nmax_clients = 20000\n\
-             max_connections_per_ip = 0\nlog_level = \"info\"\nlog_file = \"{}\"\n{sizes}\
+             max_connections_per_ip = 0\nlog_level = \"info\"\nlog_file = \"{}\"\n{sizes}{pipeline}\
              [[listener]]\naddr = \"127.0.0.1:{port}\"\n[[store]]\n{store}",
             dir.join("gsmtpd.log").display()
         );
@@ -512,6 +521,7 @@ fn main() {
         ("sink", Server::Sink),
         ("null", Server::Null),
         ("sqlite", Server::Sqlite),
+        ("sqlite-raw", Server::SqliteRaw),
         ("mysql", Server::Mysql),
     ]
     .into_iter()
@@ -603,6 +613,43 @@ fn main() {
             out.flush().unwrap();
         }
         writeln!(out, "(gsmtpd runs (e) with max_inflight_bytes = 64 MiB)").unwrap();
+    }
+    if want("t") {
+        let load = Load {
+            key: "t",
+            title: "(t) 1 KB, 100 msg/conn, 200 conc.",
+            size: 1024,
+            per_connection: 100,
+            connections: 200,
+            messages: 60_000,
+        };
+        writeln!(
+            out,
+            "\n| (t) throughput, pipelined, 200 connections | msgs/s | vs null | CPU µs/msg | p50 ms | p99 ms |\n|---|---|---|---|---|---|"
+        )
+        .unwrap();
+        let mut null_rate = f64::NAN;
+        for &server in servers.iter().filter(|s| **s != Server::Sink) {
+            let samples: Vec<Sample> = (0..reps)
+                .map(|_| b.throughput(server, Generator::Pipelined, &load))
+                .collect();
+            let s = medians(&samples);
+            if server == Server::Null {
+                null_rate = s.rate;
+            }
+            writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} |",
+                server.name(),
+                fmt(s.rate, 0),
+                fmt(s.rate / null_rate, 2),
+                fmt(s.cpu_us_per_msg, 1),
+                fmt(s.p50_ms, 2),
+                fmt(s.p99_ms, 2)
+            )
+            .unwrap();
+            out.flush().unwrap();
+        }
     }
     if mysql {
         let url = b.mysql_scratch_url();
