@@ -35,7 +35,11 @@ cargo build --release --quiet --features mysql
 (cd bench && cargo build --release --quiet)
 
 # Up to 5000 idle connections, plus the load's: descriptors to spare.
-ulimit -n 65536
+ulimit -n "$(ulimit -Hn)"
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 12000 ]; then
+    echo "bench: scenario (d) needs 12000 open files, the limit is $(ulimit -n)" >&2
+    exit 1
+fi
 exec bench/target/release/gsmtpd-bench \
     --gsmtpd target/release/gsmtpd \
     --smtp-sink "$(command -v smtp-sink)" \
