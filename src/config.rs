@@ -264,6 +264,10 @@ pub enum Backend {
     Redis(RedisConfig),
     /// Memcached.
     Memcached(MemcachedConfig),
+    /// NATS JetStream.
+    Nats(NatsConfig),
+    /// Maildir directories.
+    Maildir(MaildirConfig),
     /// Accepts and discards: for load tests only.
     Null(NullConfig),
 }
@@ -282,6 +286,8 @@ impl Backend {
             Backend::Postgres(_) => "postgres",
             Backend::Redis(_) => "redis",
             Backend::Memcached(_) => "memcached",
+            Backend::Nats(_) => "nats",
+            Backend::Maildir(_) => "maildir",
             Backend::Null(_) => "null",
         }
     }
@@ -294,7 +300,8 @@ impl Backend {
             Backend::Postgres(_) => cfg!(feature = "postgres"),
             Backend::Redis(_) => cfg!(feature = "redis"),
             Backend::Memcached(_) => cfg!(feature = "memcached"),
-            Backend::Null(_) => true,
+            Backend::Nats(_) => cfg!(feature = "nats"),
+            Backend::Maildir(_) | Backend::Null(_) => true,
         }
     }
 
@@ -416,6 +423,15 @@ pub fn is_plain_identifier(name: &str) -> bool {
         && !name.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// A NATS stream or bucket name, or one token of a subject: not empty, no
+/// white space, control characters, `.`, `*`, `>`, `/` or `\`.
+fn is_nats_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || ".*>/\\".contains(c))
+}
+
 /// The PostgreSQL store.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -477,6 +493,64 @@ pub struct MemcachedConfig {
     /// sent (memcached refuses items above its `-I` limit, 1 MiB by default).
     #[serde(default = "default_max_value_size")]
     pub max_value_size: usize,
+}
+
+/// The NATS JetStream store.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// `nats://[user:password@]host:port`; several, comma-separated, for a
+    /// cluster.
+    #[serde(default = "default_nats_url")]
+    pub url: String,
+    /// The stream the subjects belong to.
+    #[serde(default = "default_nats_stream")]
+    pub stream: String,
+    /// Subject prefix; the recipient domain is appended after a `.`.
+    #[serde(default = "default_nats_subject")]
+    pub subject: String,
+    /// Create the stream at start if it does not exist (or check it).
+    #[serde(default)]
+    pub create_stream: bool,
+    /// Stream limit when created: oldest messages go past this age (0: none).
+    #[serde(default)]
+    pub max_age_secs: u64,
+    /// Stream limit when created: total size in octets (0: none).
+    #[serde(default)]
+    pub max_bytes: u64,
+    /// Stream replicas when created (1, 3 or 5 in a cluster).
+    #[serde(default = "default_nats_replicas")]
+    pub replicas: usize,
+    /// Connect, publish and acknowledgement timeout; past it, `451`.
+    #[serde(default = "default_db_timeout_secs")]
+    pub timeout_secs: u64,
+    /// What happens to a message larger than the server's max payload.
+    #[serde(default)]
+    pub oversize: Oversize,
+    /// Object store bucket for `oversize = "object_store"`.
+    #[serde(default = "default_nats_bucket")]
+    pub object_bucket: String,
+}
+
+/// What the NATS store does with a message larger than a NATS message.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Oversize {
+    /// The SIZE limit shrinks to fit: `552 5.3.4` at MAIL or end of data.
+    #[default]
+    Reject,
+    /// The content goes to a JetStream object store; the stream message
+    /// carries the envelope and a reference to the object.
+    ObjectStore,
+}
+
+/// The Maildir store.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MaildirConfig {
+    /// Root directory: mailboxes are `<path>/<domain>/<local part>/`.
+    #[serde(default = "default_maildir_path")]
+    pub path: PathBuf,
 }
 
 impl Default for SqliteConfig {
@@ -588,6 +662,24 @@ fn default_ttl_secs() -> u64 {
 }
 fn default_max_value_size() -> usize {
     1_048_576
+}
+fn default_nats_url() -> String {
+    "nats://127.0.0.1:4222".to_owned()
+}
+fn default_nats_stream() -> String {
+    "MAIL".to_owned()
+}
+fn default_nats_subject() -> String {
+    "gsmtpd.mail".to_owned()
+}
+fn default_nats_replicas() -> usize {
+    1
+}
+fn default_nats_bucket() -> String {
+    "MAIL_LARGE".to_owned()
+}
+fn default_maildir_path() -> PathBuf {
+    PathBuf::from("data/maildir")
 }
 
 impl Default for Config {
@@ -751,7 +843,10 @@ impl Config {
         for s in &self.store {
             let kind = s.backend.kind();
             let zero = match &s.backend {
-                Backend::Sqlite(_) | Backend::Null(_) => None,
+                Backend::Sqlite(_) | Backend::Null(_) | Backend::Maildir(_) => None,
+                Backend::Nats(c) => (c.timeout_secs == 0)
+                    .then_some("timeout_secs")
+                    .or((c.replicas == 0).then_some("replicas")),
                 Backend::Mysql(c) => (c.timeout_secs == 0).then_some("timeout_secs"),
                 Backend::Postgres(c) => (c.timeout_secs == 0).then_some("timeout_secs"),
                 Backend::Redis(c) => (c.timeout_secs == 0).then_some("timeout_secs"),
@@ -770,6 +865,26 @@ impl Config {
             for need in s.backend.needs() {
                 if !has(*need) {
                     return bad(format!("store {kind:?} needs the pipeline step {need:?}"));
+                }
+            }
+            if let Backend::Nats(n) = &s.backend {
+                if !is_nats_name(&n.stream) {
+                    return bad(format!(
+                        "store \"nats\": stream {:?} must be a name without white space, '.', '*', '>', '/' or '\\'",
+                        n.stream
+                    ));
+                }
+                if !is_nats_name(&n.object_bucket) {
+                    return bad(format!(
+                        "store \"nats\": object_bucket {:?} must be a name without white space, '.', '*', '>', '/' or '\\'",
+                        n.object_bucket
+                    ));
+                }
+                if n.subject.is_empty() || !n.subject.split('.').all(is_nats_name) {
+                    return bad(format!(
+                        "store \"nats\": subject {:?} must be dot-separated tokens without white space or wildcards",
+                        n.subject
+                    ));
                 }
             }
             if let Backend::Mysql(m) = &s.backend

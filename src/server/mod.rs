@@ -99,8 +99,13 @@ struct Runtime {
 impl Runtime {
     /// Builds the runtime of `config`, loading every certificate, so a bad
     /// one is found before anything is swapped in. `rate` is the MAIL-rate
-    /// limiter every session shares (its state outlives reloads).
-    fn build(config: Config, rate: &Arc<MailRateLimiter>) -> Result<Self, ServerError> {
+    /// limiter every session shares (its state outlives reloads);
+    /// `size_cap` the stores' limit on message size, if any.
+    fn build(
+        config: Config,
+        rate: &Arc<MailRateLimiter>,
+        size_cap: Option<u64>,
+    ) -> Result<Self, ServerError> {
         let mut listeners = HashMap::new();
         for l in &config.listener {
             let tls = match (l.tls, &l.tls_cert, &l.tls_key) {
@@ -119,10 +124,20 @@ impl Runtime {
                     cfg: l.clone(),
                     limits: {
                         let mut limits = config.conn_limits_for(l);
+                        let session = Arc::get_mut(&mut limits.session).expect("just built");
                         if config.max_messages_per_minute_per_ip > 0 {
-                            Arc::get_mut(&mut limits.session)
-                                .expect("just built")
-                                .mail_rate = Some(Arc::clone(rate) as Arc<dyn MailRate>);
+                            session.mail_rate = Some(Arc::clone(rate) as Arc<dyn MailRate>);
+                        }
+                        if let Some(cap) = size_cap
+                            && session.max_message_size > cap
+                        {
+                            tracing::warn!(
+                                listener = %l.addr,
+                                configured = session.max_message_size,
+                                limit = cap,
+                                "max_message_size lowered to what the stores accept"
+                            );
+                            session.max_message_size = cap;
                         }
                         limits
                     },
@@ -225,6 +240,8 @@ struct Shared {
     max_clients: AtomicUsize,
     clients: Arc<ClientCounts>,
     rate: Arc<MailRateLimiter>,
+    /// The stores' limit on message size (fixed at start).
+    size_cap: Option<u64>,
     stop: Stop,
     tracker: TaskTracker,
 }
@@ -268,7 +285,8 @@ impl Server {
             "one bound listener per [[listener]]"
         );
         let rate = Arc::new(MailRateLimiter::default());
-        let runtime = Runtime::build(config, &rate)?;
+        let size_cap = backends.stores.size_cap();
+        let runtime = Runtime::build(config, &rate, size_cap)?;
         rate.set_limit(runtime.config.max_messages_per_minute_per_ip);
         let (stores, writers) = backends.stores.split();
         let stores = Arc::new(stores);
@@ -301,6 +319,7 @@ impl Server {
             check: backends.check.map(Arc::new),
             clients: Arc::default(),
             rate,
+            size_cap,
             stop: Stop::default(),
             tracker: TaskTracker::new(),
         });
@@ -368,7 +387,7 @@ impl Server {
     /// changes.
     pub async fn reload(&self, config: Config) -> Result<(), ServerError> {
         let old = self.shared.runtime.load_full();
-        let new = Runtime::build(config, &self.shared.rate)?;
+        let new = Runtime::build(config, &self.shared.rate, self.shared.size_cap)?;
         // Bind new listeners first: if one fails, nothing has changed.
         let mut added = Vec::new();
         for l in &new.config.listener {

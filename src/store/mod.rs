@@ -7,10 +7,13 @@ use std::sync::Arc;
 
 use crate::message::Envelope;
 
+pub mod maildir;
 #[cfg(feature = "memcached")]
 pub mod memcached;
 #[cfg(feature = "mysql")]
 pub mod mysql;
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod null;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -100,6 +103,9 @@ pub struct Stores {
     required: Vec<Delivery>,
     optional: Vec<Delivery>,
     writers: Vec<WriterHandle>,
+    /// The largest message content every required store can take, when
+    /// one of them has a limit of its own.
+    size_cap: Option<u64>,
 }
 
 impl Stores {
@@ -136,6 +142,21 @@ impl Stores {
         Ok(())
     }
 
+    /// The largest message content every required store can take, if a
+    /// store limits it (NATS with `oversize = "reject"`); the server
+    /// lowers its SIZE limit to it.
+    pub fn size_cap(&self) -> Option<u64> {
+        self.size_cap
+    }
+
+    /// Lowers the size cap to `cap` for a required store.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    fn cap_size(&mut self, cap: Option<u64>, cfg: &StoreConfig) {
+        if let Some(cap) = cap.filter(|_| !cfg.optional) {
+            self.size_cap = Some(self.size_cap.map_or(cap, |c| c.min(cap)));
+        }
+    }
+
     /// Opens every store the configuration lists.
     pub async fn open(config: &Config) -> Result<Self, StoreError> {
         let mut stores = Self::new();
@@ -152,6 +173,15 @@ impl Stores {
                 #[cfg(feature = "memcached")]
                 Backend::Memcached(c) => {
                     stores.add(memcached::MemcachedStore::connect(c).await?, cfg)
+                }
+                #[cfg(feature = "nats")]
+                Backend::Nats(c) => {
+                    let store = nats::NatsStore::connect(c).await?;
+                    stores.cap_size(store.size_cap(config.max_recipients), cfg);
+                    stores.add(store, cfg);
+                }
+                Backend::Maildir(c) => {
+                    stores.add_blocking(maildir::MaildirStore::open(c, &config.hostname)?, cfg)?
                 }
                 #[cfg(feature = "postgres")]
                 Backend::Postgres(c) => stores.add(postgres::PostgresStore::connect(c).await?, cfg),

@@ -4,9 +4,12 @@
 mod check;
 mod harness;
 mod kv;
+mod maildir;
 mod mime;
 #[cfg(feature = "mysql")]
 mod mysql;
+#[cfg(feature = "nats")]
+mod nats;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod process;

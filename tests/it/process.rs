@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
 
-const BIN: &str = env!("CARGO_BIN_EXE_gsmtpd");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_gsmtpd");
 
 fn write_config(dir: &Path, db: &Path) -> PathBuf {
     let path = dir.join("gsmtpd.toml");
@@ -29,16 +29,16 @@ fn write_config(dir: &Path, db: &Path) -> PathBuf {
 }
 
 /// A running gsmtpd process and the address it listens on.
-struct Proc {
+pub(crate) struct Proc {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// Every line it wrote to standard error so far.
     log: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Proc {
     /// Starts the binary and waits for its "listening" log line on stderr.
-    fn start(args: &[&str]) -> Self {
+    pub(crate) fn start(args: &[&str]) -> Self {
         let mut child = Command::new(BIN)
             .args(args)
             .stdout(Stdio::null())
@@ -74,13 +74,13 @@ impl Proc {
         wait_for_line(|| self.log.lock().unwrap().join("\n"), needle, n)
     }
 
-    fn signal(&self, sig: i32) {
+    pub(crate) fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child's pid has no memory effects.
         let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
         assert_eq!(rc, 0);
     }
 
-    fn wait(&mut self) -> std::process::ExitStatus {
+    pub(crate) fn wait(&mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
