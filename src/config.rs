@@ -1161,7 +1161,8 @@ mod tests {
         feature = "mysql",
         feature = "postgres",
         feature = "redis",
-        feature = "memcached"
+        feature = "memcached",
+        feature = "nats"
     ))]
     fn sample_config_with_every_example_uncommented_parses() {
         let text: String = include_str!("../gsmtpd.toml.sample")
@@ -1181,9 +1182,52 @@ mod tests {
             .collect();
         let c = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         let kinds: Vec<&str> = c.store.iter().map(|s| s.backend.kind()).collect();
-        assert_eq!(kinds, ["sqlite", "mysql", "postgres", "redis", "memcached"]);
+        assert_eq!(
+            kinds,
+            [
+                "sqlite",
+                "mysql",
+                "postgres",
+                "redis",
+                "memcached",
+                "nats",
+                "maildir",
+                "null"
+            ]
+        );
         assert!(c.recipient_check.is_some());
         assert_eq!(c.primary_mail_host.as_deref(), Some("example.com"));
+    }
+
+    #[cfg(feature = "nats")]
+    #[test]
+    fn nats_names_are_checked() {
+        let nats = |extra: &str| Config::from_toml(&format!("[[store]]\nkind = \"nats\"\n{extra}"));
+        let c = nats("").unwrap();
+        match &c.store[0].backend {
+            Backend::Nats(n) => {
+                assert_eq!(
+                    (n.stream.as_str(), n.subject.as_str()),
+                    ("MAIL", "gsmtpd.mail")
+                );
+                assert_eq!(n.oversize, Oversize::Reject);
+            }
+            other => panic!("{other:?}"),
+        }
+        for (extra, words) in [
+            ("stream = \"MA.IL\"", "stream"),
+            ("stream = \"\"", "stream"),
+            ("subject = \"mail.*\"", "subject"),
+            ("subject = \"mail..x\"", "subject"),
+            ("subject = \"mail.>\"", "subject"),
+            ("object_bucket = \"a b\"", "object_bucket"),
+            ("replicas = 0", "replicas"),
+            ("timeout_secs = 0", "timeout_secs"),
+            ("oversize = \"truncate\"", "truncate"),
+        ] {
+            let e = nats(extra).unwrap_err().to_string();
+            assert!(e.contains(words), "{extra}: {e}");
+        }
     }
 
     #[cfg(feature = "memcached")]
