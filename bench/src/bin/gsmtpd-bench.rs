@@ -43,7 +43,11 @@ struct Cli {
     #[arg(long, default_value = "a,b,c,d,e,t", value_delimiter = ',')]
     only: Vec<String>,
     /// Servers to run: sink, null, sqlite, sqlite-raw, mysql.
-    #[arg(long, default_value = "sink,null,sqlite,sqlite-raw,mysql", value_delimiter = ',')]
+    #[arg(
+        long,
+        default_value = "sink,null,sqlite,sqlite-raw,mysql",
+        value_delimiter = ','
+    )]
     servers: Vec<String>,
     /// Generators to run: source (smtp-source), pipelined (smtp-load).
     #[arg(long, default_value = "source,pipelined", value_delimiter = ',')]
@@ -166,15 +170,26 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Raises the open-files limit to its hard limit; (d) needs 5000 idle
+/// connections on both sides plus the servers' own descriptors.
 fn raise_nofile() {
-    let want = 65_536;
-    let lim = libc::rlimit {
-        rlim_cur: want,
-        rlim_max: want,
+    const NEEDED: libc::rlim_t = 12_000;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
     };
-    // SAFETY: setrlimit with a valid struct; children inherit the limit.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        eprintln!("bench: cannot raise RLIMIT_NOFILE; the idle scenario may fail");
+    // SAFETY: getrlimit/setrlimit with a valid struct; children inherit it.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+    if lim.rlim_cur < NEEDED {
+        eprintln!(
+            "bench: {} open files allowed, (d) needs {NEEDED}; it may fail",
+            lim.rlim_cur
+        );
     }
 }
 
@@ -261,7 +276,9 @@ impl Bench {
                 if server == Server::Mysql {
                     let db = self.mysql_scratch_url();
                     let name = db.rsplit('/').next().unwrap().to_owned();
-                    self.mysql(&format!("DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"));
+                    self.mysql(&format!(
+                        "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"
+                    ));
                 }
                 let config = self.config(server, port, large);
                 Command::new(&self.cli.gsmtpd)
@@ -274,7 +291,11 @@ impl Bench {
         .unwrap_or_else(|e| panic!("starting {}: {e}", server.name()));
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "{} did not listen", server.name());
+            assert!(
+                Instant::now() < deadline,
+                "{} did not listen",
+                server.name()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         // That probe connection is part of the idle start, like a health check.
@@ -359,7 +380,11 @@ impl Bench {
                         .stderr(Stdio::null())
                         .status()
                         .expect("smtp-source runs");
-                    assert!(status.success(), "smtp-source failed against {}", server.name());
+                    assert!(
+                        status.success(),
+                        "smtp-source failed against {}",
+                        server.name()
+                    );
                 }
                 (per_round * rounds.max(1), f64::NAN, f64::NAN)
             }
@@ -377,8 +402,16 @@ impl Bench {
                     helo: "bench.test".into(),
                 };
                 let report = self.rt.block_on(run(spec.clone())).expect("a valid spec");
-                assert!(report.all_ok(&spec), "{}: not every message got 250: {report:?}", server.name());
-                let ms = |p| report.percentile(p).map_or(f64::NAN, |us| us as f64 / 1000.0);
+                assert!(
+                    report.all_ok(&spec),
+                    "{}: not every message got 250: {report:?}",
+                    server.name()
+                );
+                let ms = |p| {
+                    report
+                        .percentile(p)
+                        .map_or(f64::NAN, |us| us as f64 / 1000.0)
+                };
                 (report.ok, ms(50.0), ms(99.0))
             }
         };
@@ -472,8 +505,12 @@ impl Bench {
         Sample {
             rate: report.ok as f64 / elapsed.as_secs_f64(),
             cpu_us_per_msg: usage.cpu.as_secs_f64() * 1e6 / report.ok as f64,
-            p50_ms: report.percentile(50.0).map_or(f64::NAN, |u| u as f64 / 1000.0),
-            p99_ms: report.percentile(99.0).map_or(f64::NAN, |u| u as f64 / 1000.0),
+            p50_ms: report
+                .percentile(50.0)
+                .map_or(f64::NAN, |u| u as f64 / 1000.0),
+            p99_ms: report
+                .percentile(99.0)
+                .map_or(f64::NAN, |u| u as f64 / 1000.0),
             peak_rss_mb: usage.max_rss_kb as f64 / 1024.0,
         }
     }
@@ -510,7 +547,11 @@ fn fmt(x: f64, digits: usize) -> String {
 fn main() {
     let cli = Cli::parse();
     raise_nofile();
-    for (what, p) in [("gsmtpd", &cli.gsmtpd), ("smtp-sink", &cli.smtp_sink), ("smtp-source", &cli.smtp_source)] {
+    for (what, p) in [
+        ("gsmtpd", &cli.gsmtpd),
+        ("smtp-sink", &cli.smtp_sink),
+        ("smtp-source", &cli.smtp_source),
+    ] {
         assert!(Path::new(p).exists(), "{what} not found at {}", p.display());
     }
     std::fs::create_dir_all(&cli.workdir).unwrap();
@@ -528,11 +569,14 @@ fn main() {
     .filter(|(k, s)| cli.servers.iter().any(|o| o == k) && (*s != Server::Mysql || mysql))
     .map(|(_, s)| s)
     .collect();
-    let generators: Vec<Generator> = [("source", Generator::Source), ("pipelined", Generator::Pipelined)]
-        .into_iter()
-        .filter(|(k, _)| cli.generators.iter().any(|o| o == k))
-        .map(|(_, g)| g)
-        .collect();
+    let generators: Vec<Generator> = [
+        ("source", Generator::Source),
+        ("pipelined", Generator::Pipelined),
+    ]
+    .into_iter()
+    .filter(|(k, _)| cli.generators.iter().any(|o| o == k))
+    .map(|(_, g)| g)
+    .collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -562,7 +606,9 @@ fn main() {
         for &generator in &generators {
             let mut sink_cpu = f64::NAN;
             for &server in &servers {
-                let samples: Vec<Sample> = (0..reps).map(|_| b.throughput(server, generator, load)).collect();
+                let samples: Vec<Sample> = (0..reps)
+                    .map(|_| b.throughput(server, generator, load))
+                    .collect();
                 let s = medians(&samples);
                 if server == Server::Sink {
                     sink_cpu = s.cpu_us_per_msg;
@@ -587,7 +633,9 @@ fn main() {
     if want("d") {
         writeln!(out, "\n| (d) 5000 idle connections after EHLO | RSS growth per connection (bytes) |\n|---|---|").unwrap();
         for &server in servers.iter().filter(|s| **s != Server::Mysql) {
-            let v: Vec<f64> = (0..reps).map(|_| b.idle_connections(server, 5000)).collect();
+            let v: Vec<f64> = (0..reps)
+                .map(|_| b.idle_connections(server, 5000))
+                .collect();
             writeln!(out, "| {} | {} |", server.name(), fmt(median(v), 0)).unwrap();
             out.flush().unwrap();
         }
