@@ -42,7 +42,9 @@
 //! default). With `oversize = "reject"` (the default) the server's SIZE
 //! limit shrinks to fit: a client announcing a larger `SIZE=` gets `552
 //! 5.3.4` at MAIL, and one sending more than that gets `552 5.3.4` at the
-//! end of data — before anything is promised. With `oversize =
+//! end of data — before anything is promised. (The limit is fixed at start;
+//! when NATS does not answer then, its default of 1 MiB is assumed.) With
+//! `oversize =
 //! "object_store"` such a message goes to the JetStream object store
 //! `object_bucket` under its id, and the stream message carries the
 //! envelope headers, `Gsmtpd-Object`, and an empty payload.
