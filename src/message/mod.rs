@@ -15,6 +15,20 @@ pub use parse::Parsed;
 
 use crate::smtp::BodyType;
 
+/// Where stores that file mail by domain put a recipient without one
+/// (`postmaster`, RFC 5321 §4.5.1): a directory or subject token no domain
+/// can be.
+pub const NO_DOMAIN: &str = "_local";
+
+/// An accepted recipient split at its last `@`: the local part and the
+/// domain, or the whole and `None` for `postmaster` without a domain.
+pub fn split_recipient(recipient: &str) -> (&str, Option<&str>) {
+    match recipient.rsplit_once('@') {
+        Some((local, domain)) => (local, Some(domain)),
+        None => (recipient, None),
+    }
+}
+
 /// One accepted message with everything the stores record about it.
 #[derive(Debug, Clone)]
 pub struct Envelope {

@@ -45,7 +45,7 @@ use md5::{Digest, Md5};
 
 use super::{BlockingStore, StoreError};
 use crate::config::MaildirConfig;
-use crate::message::Envelope;
+use crate::message::{Envelope, NO_DOMAIN, split_recipient};
 
 const NAME: &str = "maildir";
 
@@ -54,9 +54,6 @@ const MAX_COMPONENT: usize = 200;
 
 /// Mailboxes known to exist, forgotten wholesale past this many.
 const KNOWN_MAILBOXES: usize = 100_000;
-
-/// The domain directory of a recipient without a domain.
-const NO_DOMAIN: &str = "_local";
 
 /// The Maildir store.
 pub struct MaildirStore {
@@ -87,10 +84,8 @@ impl MaildirStore {
 
     /// The mailbox directory for `recipient`, always below the root.
     pub fn mailbox(&self, recipient: &str) -> PathBuf {
-        let (local, domain) = match recipient.rsplit_once('@') {
-            Some((l, d)) => (l, dir_name(d)),
-            None => (recipient, NO_DOMAIN.to_owned()),
-        };
+        let (local, domain) = split_recipient(recipient);
+        let domain = domain.map_or_else(|| NO_DOMAIN.to_owned(), dir_name);
         self.root.join(domain).join(dir_name(local))
     }
 
@@ -244,24 +239,22 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// A byte that may stand for itself in a directory name.
-fn is_plain(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b >= 0x80 || b"!#$&'*+-=?^_`{|}~.@".contains(&b)
+/// A character that may stand for itself in a directory name.
+fn is_plain(c: char) -> bool {
+    c.is_ascii_alphanumeric() || !c.is_ascii() || "!#$&'*+-=?^_`{|}~.@".contains(c)
 }
 
 /// `part` as one safe directory name (see the module docs).
 pub fn dir_name(part: &str) -> String {
     let mut out = String::with_capacity(part.len());
-    let mut pending = Vec::new();
-    for (i, &b) in part.as_bytes().iter().enumerate() {
-        if is_plain(b) && !(i == 0 && b == b'.') {
-            pending.push(b.to_ascii_lowercase());
+    for (i, c) in part.chars().enumerate() {
+        if is_plain(c) && !(i == 0 && c == '.') {
+            out.push(c.to_ascii_lowercase());
         } else {
-            flush(&mut out, &mut pending);
-            out.push_str(&format!("%{b:02X}"));
+            // Only ASCII is escaped: one byte.
+            out.push_str(&format!("%{:02X}", c as u32));
         }
     }
-    flush(&mut out, &mut pending);
     if out.is_empty() {
         out.push('_');
     }
@@ -278,13 +271,6 @@ pub fn dir_name(part: &str) -> String {
         }
     }
     out
-}
-
-/// Appends the plain bytes gathered so far; they are whole UTF-8 runs
-/// because `part` was a `str` and only ASCII bytes are escaped.
-fn flush(out: &mut String, pending: &mut Vec<u8>) {
-    out.push_str(&String::from_utf8_lossy(pending));
-    pending.clear();
 }
 
 /// The host name as the Maildir convention writes it in a file name.

@@ -66,7 +66,7 @@ use bytes::Bytes;
 
 use super::{Store, StoreError};
 use crate::config::{NatsConfig, Oversize};
-use crate::message::{Envelope, time::Utc};
+use crate::message::{Envelope, NO_DOMAIN, split_recipient, time::Utc};
 
 const NAME: &str = "nats";
 
@@ -76,9 +76,6 @@ const HEADROOM: usize = 8_192;
 
 /// Room per recipient for its `Gsmtpd-Rcpt-To` header.
 const HEADROOM_PER_RECIPIENT: usize = 300;
-
-/// The subject token of a recipient without a domain.
-const NO_DOMAIN: &str = "_local";
 
 /// The NATS JetStream store.
 pub struct NatsStore {
@@ -330,10 +327,9 @@ impl Store for NatsStore {
 fn by_domain(recipients: &[String]) -> Vec<(String, Vec<&str>)> {
     let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
     for rcpt in recipients {
-        let domain = match rcpt.rsplit_once('@') {
-            Some((_, d)) => d.to_ascii_lowercase(),
-            None => NO_DOMAIN.to_owned(),
-        };
+        let domain = split_recipient(rcpt)
+            .1
+            .map_or_else(|| NO_DOMAIN.to_owned(), str::to_ascii_lowercase);
         match groups.iter_mut().find(|(d, _)| *d == domain) {
             Some((_, v)) => v.push(rcpt),
             None => groups.push((domain, vec![rcpt])),
